@@ -1,0 +1,153 @@
+"""PeepholeLSTMCell: one step of a peephole LSTM, the counterpart of torch.nn.LSTMCell."""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from peephole_lstm.nn.functional import input_projection, layout, lstm_step
+from peephole_lstm.nn.options import CellOptions
+
+# Order in which the step function takes the recurrent weights (after input_projection's ones).
+STEP_WEIGHTS = ("weight_hh", "weight_ch", "weight_gh", "weight_hr", "ln_hh_weight", "ln_hh_bias", "ln_c_weight", "ln_c_bias")
+INPUT_WEIGHTS = ("weight_ih", "bias_ih", "bias_hh", "ln_ih_weight", "ln_ih_bias")
+
+
+def make_parameters(opts: CellOptions) -> Dict[str, Optional[nn.Parameter]]:
+    """Uninitialised parameters of one cell, named and shaped like nn.LSTM's (None where absent)."""
+    hidden, gh = opts.hidden_size, len(opts.blocks) * opts.hidden_size
+    n_gates, n_peep = len(opts.gate_names), len(opts.peephole_rows)
+
+    def new(*shape):
+        return nn.Parameter(torch.empty(*shape))
+
+    full = opts.peephole == "full"
+    return {
+        "weight_ih": new(gh, opts.input_size),
+        "weight_hh": new(gh, opts.output_size),
+        "bias_ih": new(gh) if opts.bias else None,
+        "bias_hh": new(gh) if opts.bias else None,
+        "weight_hr": new(opts.proj_size, hidden) if opts.proj_size else None,
+        "weight_ch": (new(n_peep, hidden, hidden) if full else new(n_peep, hidden)) if n_peep else None,
+        "weight_gh": new(n_gates * hidden, n_gates * hidden) if opts.gate_recurrence else None,
+        "ln_ih_weight": new(gh) if opts.layer_norm else None,
+        "ln_ih_bias": new(gh) if opts.layer_norm else None,
+        "ln_hh_weight": new(gh) if opts.layer_norm else None,
+        "ln_hh_bias": new(gh) if opts.layer_norm else None,
+        "ln_c_weight": new(hidden) if opts.layer_norm else None,
+        "ln_c_bias": new(hidden) if opts.layer_norm else None,
+    }
+
+
+@torch.no_grad()
+def reset_parameters(params: Dict[str, Optional[Tensor]], opts: CellOptions) -> None:
+    """nn.LSTM's init, U(-1/sqrt(H), 1/sqrt(H)), for every weight; layer-norm gains 1 and shifts 0; and
+    `forget_bias` added to the forget block of bias_ih (TF's and Jozefowicz et al.'s advice)."""
+    bound = 1.0 / math.sqrt(opts.hidden_size)
+    for name, p in params.items():
+        if p is None:
+            continue
+        if name.startswith("ln_"):
+            p.fill_(1.0 if name.endswith("weight") else 0.0)
+        else:
+            p.uniform_(-bound, bound)
+    f = opts.blocks.find("f")
+    if params["bias_ih"] is not None and f >= 0 and opts.forget_bias:
+        h = opts.hidden_size
+        params["bias_ih"][f * h:(f + 1) * h] += opts.forget_bias
+
+
+def step_flags(opts: CellOptions, training: bool) -> tuple:
+    """The static arguments of lstm_step that follow the weights, in its order."""
+    return (
+        layout(opts.blocks, opts.peephole_rows),
+        opts.peephole == "full",
+        opts.output_peephole == "current",
+        opts.coupled,
+        opts.input_activation == "tanh",
+        opts.output_activation == "tanh",
+        float(opts.cell_clip or 0.0),
+        float(opts.zoneout),
+        training,
+    )
+
+
+class PeepholeLSTMCell(nn.Module):
+    """A peephole LSTM cell with nn.LSTMCell's contract: ``forward(input, hx=None) -> (h, c)``.
+
+    Takes every option of :class:`~peephole_lstm.PeepholeLSTM` that concerns one cell. Parameters are
+    named like nn.LSTMCell's (``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``) plus ``weight_ch``
+    (peepholes), ``weight_hr`` (projection), ``weight_gh`` (full gate recurrence) and ``ln_*``
+    (layer norm). With ``gate_recurrence=True`` the state also holds the previous gate activations, so
+    step such a cell with :meth:`step`, which carries them.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, **options):
+        super().__init__()
+        self.options = CellOptions(input_size, hidden_size, bias, **options)
+        self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
+        self.gate_recurrence = self.options.gate_recurrence
+        for name, p in make_parameters(self.options).items():
+            self.register_parameter(name, p)
+        self._idx: List[int] = layout(self.options.blocks, self.options.peephole_rows)
+        _, peep_full, peep_current, coupled, act_in, act_out, clip, zoneout, _ = step_flags(self.options, False)
+        self._flags_bool: List[bool] = [peep_full, peep_current, coupled, act_in, act_out]
+        self._cell_clip, self._zoneout = clip, zoneout
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        reset_parameters(dict(self.named_parameters(recurse=False)) | self._absent(), self.options)
+
+    def _absent(self) -> Dict[str, Optional[Tensor]]:
+        return {k: None for k, v in self._parameters.items() if v is None}
+
+    def extra_repr(self) -> str:
+        o = self.options
+        return (f"{o.input_size}, {o.hidden_size}, peephole={o.peephole!r}, blocks={o.blocks!r}"
+                + (f", proj_size={o.proj_size}" if o.proj_size else ""))
+
+    @torch.jit.export
+    def step(self, input: Tensor, h: Tensor, c: Tensor, gates: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """One step on batched input (B, input_size) carrying the full state: returns (h, c, gates),
+        where `gates` are this step's gate activations for full gate recurrence ((B, 0) otherwise)."""
+        xz = input_projection(input, self.weight_ih, self.bias_ih, self.bias_hh, self.ln_ih_weight, self.ln_ih_bias)
+        fb = self._flags_bool
+        return lstm_step(
+            xz, h, c, gates,
+            self.weight_hh, self.weight_ch, self.weight_gh, self.weight_hr,
+            self.ln_hh_weight, self.ln_hh_bias, self.ln_c_weight, self.ln_c_bias,
+            self._idx, fb[0], fb[1], fb[2], fb[3], fb[4], self._cell_clip, self._zoneout, self.training,
+        )
+
+    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
+        if self.gate_recurrence:
+            raise RuntimeError(
+                "PeepholeLSTMCell(gate_recurrence=True) needs the previous gate activations as state: "
+                "use cell.step(input, h, c, gates) or PeepholeLSTM"
+            )
+        if input.dim() not in (1, 2) or input.shape[-1] != self.input_size:
+            raise ValueError(
+                f"PeepholeLSTMCell: expected input of shape (batch, {self.input_size}) or ({self.input_size},), "
+                f"got {list(input.shape)}"
+            )
+        batched = input.dim() == 2
+        x = input if batched else input.unsqueeze(0)
+        hidden = self.weight_hh.shape[1]
+        if hx is None:
+            h = torch.zeros(x.shape[0], hidden, dtype=x.dtype, device=x.device)
+            c = torch.zeros(x.shape[0], self.hidden_size, dtype=x.dtype, device=x.device)
+        else:
+            h, c = hx
+            if not batched:
+                h, c = h.unsqueeze(0), c.unsqueeze(0)
+            if h.shape != (x.shape[0], hidden) or c.shape != (x.shape[0], self.hidden_size):
+                raise ValueError(
+                    f"PeepholeLSTMCell: expected hx of shapes ({x.shape[0]}, {hidden}) and "
+                    f"({x.shape[0]}, {self.hidden_size}), got {list(h.shape)} and {list(c.shape)}"
+                )
+        h, c, _ = self.step(x, h, c, x.new_zeros(x.shape[0], 0))
+        if not batched:
+            h, c = h.squeeze(0), c.squeeze(0)
+        return h, c

@@ -1,0 +1,137 @@
+"""Validation of the cell options and the Greff et al. (2017) variant presets.
+
+Everything that decides the shape of the parameters is resolved here once, so the cell, the layer and
+the fast kernels read the same derived layout (which gate blocks exist, which gates have peepholes).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+PEEPHOLES = ("none", "diagonal", "full")
+OUTPUT_PEEPHOLES = ("current", "previous")
+ACTIVATIONS = ("tanh", "identity")
+BACKENDS = ("auto", "eager", "script", "compile", "fused")
+
+# Greff et al. 2017, "LSTM: A Search Space Odyssey", Table 1. Each preset is complete, so it does not
+# depend on PeepholeLSTM's defaults: vanilla = peephole LSTM with all gates and tanh activations.
+_VANILLA = dict(
+    peephole="diagonal",
+    peephole_gates="ifo",
+    output_peephole="current",
+    coupled=False,
+    input_gate=True,
+    forget_gate=True,
+    output_gate=True,
+    input_activation="tanh",
+    output_activation="tanh",
+    gate_recurrence=False,
+)
+variants: dict[str, dict] = {
+    "vanilla": dict(_VANILLA),
+    "NIG": {**_VANILLA, "input_gate": False},  # no input gate
+    "NFG": {**_VANILLA, "forget_gate": False},  # no forget gate
+    "NOG": {**_VANILLA, "output_gate": False},  # no output gate
+    "NIAF": {**_VANILLA, "input_activation": "identity"},  # no input activation function
+    "NOAF": {**_VANILLA, "output_activation": "identity"},  # no output activation function
+    "NP": {**_VANILLA, "peephole": "none"},  # no peepholes
+    "CIFG": {**_VANILLA, "coupled": True},  # coupled input and forget gate: i = 1 - f
+    "FGR": {**_VANILLA, "gate_recurrence": True},  # full gate recurrence
+}
+
+
+def _choice(name: str, value, allowed) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name}={value!r} is not valid; allowed values: {', '.join(map(repr, allowed))}")
+    return value
+
+
+def _flag(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}={value!r} must be a bool (True or False)")
+    return value
+
+
+def _size(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}={value!r} must be an int >= {minimum}")
+    return value
+
+
+@dataclass(frozen=True)
+class CellOptions:
+    """Validated options of one LSTM cell plus the parameter layout they imply."""
+
+    input_size: int
+    hidden_size: int
+    bias: bool = True
+    proj_size: int = 0
+    peephole: str = "diagonal"
+    peephole_gates: str = "ifo"
+    output_peephole: str = "current"
+    coupled: bool = False
+    input_gate: bool = True
+    forget_gate: bool = True
+    output_gate: bool = True
+    input_activation: str = "tanh"
+    output_activation: str = "tanh"
+    gate_recurrence: bool = False
+    forget_bias: float = 1.0
+    cell_clip: Optional[float] = None
+    layer_norm: bool = False
+    zoneout: float = 0.0
+
+    def __post_init__(self):
+        _size("input_size", self.input_size, 1)
+        _size("hidden_size", self.hidden_size, 1)
+        _size("proj_size", self.proj_size, 0)
+        if self.proj_size >= self.hidden_size:
+            raise ValueError(f"proj_size={self.proj_size} must be smaller than hidden_size={self.hidden_size}")
+        for name in ("bias", "coupled", "input_gate", "forget_gate", "output_gate", "gate_recurrence", "layer_norm"):
+            _flag(name, getattr(self, name))
+        _choice("peephole", self.peephole, PEEPHOLES)
+        _choice("output_peephole", self.output_peephole, OUTPUT_PEEPHOLES)
+        _choice("input_activation", self.input_activation, ACTIVATIONS)
+        _choice("output_activation", self.output_activation, ACTIVATIONS)
+        gates = self.peephole_gates
+        if not isinstance(gates, str) or not gates or set(gates) - set("ifo") or len(set(gates)) != len(gates):
+            raise ValueError(
+                f"peephole_gates={gates!r} is not valid; use a non-empty subset of 'ifo' such as 'ifo', 'if' or 'o'"
+            )
+        if self.coupled and not self.input_gate:
+            raise ValueError("coupled=True derives the input gate from the forget gate (i = 1 - f); "
+                             "it cannot be combined with input_gate=False")
+        if self.coupled and not self.forget_gate:
+            raise ValueError("coupled=True needs the forget gate (i = 1 - f); it cannot be combined with forget_gate=False")
+        if self.gate_recurrence and not self.gate_names:
+            raise ValueError("gate_recurrence=True needs at least one of the input, forget or output gates")
+        if isinstance(self.forget_bias, bool) or not isinstance(self.forget_bias, (int, float)):
+            raise ValueError(f"forget_bias={self.forget_bias!r} must be a number")
+        if self.cell_clip is not None and (
+            isinstance(self.cell_clip, bool) or not isinstance(self.cell_clip, (int, float)) or not self.cell_clip > 0
+        ):
+            raise ValueError(f"cell_clip={self.cell_clip!r} must be None or a number > 0")
+        if isinstance(self.zoneout, bool) or not isinstance(self.zoneout, (int, float)) or not 0.0 <= self.zoneout < 1.0:
+            raise ValueError(f"zoneout={self.zoneout!r} must be a probability in [0, 1)")
+
+    @property
+    def blocks(self) -> str:
+        """Gate blocks stacked in weight_ih/weight_hh, in nn.LSTM's order i, f, g, o."""
+        has = {"i": self.input_gate and not self.coupled, "f": self.forget_gate, "g": True, "o": self.output_gate}
+        return "".join(b for b in "ifgo" if has[b])
+
+    @property
+    def gate_names(self) -> str:
+        """Sigmoid gates that have their own weights (the blocks other than g)."""
+        return self.blocks.replace("g", "")
+
+    @property
+    def peephole_rows(self) -> str:
+        """Gates with a peephole, one row each of weight_ch, in the order i, f, o."""
+        if self.peephole == "none":
+            return ""
+        return "".join(g for g in self.gate_names if g in self.peephole_gates)
+
+    @property
+    def output_size(self) -> int:
+        return self.proj_size if self.proj_size > 0 else self.hidden_size
