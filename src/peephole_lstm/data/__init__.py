@@ -1,0 +1,8 @@
+"""LightningDataModules for the experiment framework; every dataset is generated or read offline.
+
+``dm.spec`` (a :class:`TaskSpec`) loads and validates all data, so bad input fails before training.
+"""
+from peephole_lstm.data.base import DataError, TaskSpec
+from peephole_lstm.data.mackey_glass import MackeyGlassDataModule
+
+__all__ = ["DataError", "MackeyGlassDataModule", "TaskSpec"]
