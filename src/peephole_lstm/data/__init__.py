@@ -3,6 +3,7 @@
 ``dm.spec`` (a :class:`TaskSpec`) loads and validates all data, so bad input fails before training.
 """
 from peephole_lstm.data.base import DataError, TaskSpec
+from peephole_lstm.data.csvfile import CSVDataModule
 from peephole_lstm.data.mackey_glass import MackeyGlassDataModule
 
-__all__ = ["DataError", "MackeyGlassDataModule", "TaskSpec"]
+__all__ = ["CSVDataModule", "DataError", "MackeyGlassDataModule", "TaskSpec"]
