@@ -5,5 +5,6 @@
 from peephole_lstm.data.base import DataError, TaskSpec
 from peephole_lstm.data.csvfile import CSVDataModule
 from peephole_lstm.data.mackey_glass import MackeyGlassDataModule
+from peephole_lstm.data.timing import TimingDataModule
 
-__all__ = ["CSVDataModule", "DataError", "MackeyGlassDataModule", "TaskSpec"]
+__all__ = ["CSVDataModule", "DataError", "MackeyGlassDataModule", "TaskSpec", "TimingDataModule"]

@@ -1,0 +1,153 @@
+"""The timing tasks of Gers, Schraudolph & Schmidhuber (2002), "Learning precise timing with LSTM
+recurrent networks", adapted to fixed-length sequences with a random onset:
+
+- ``msd`` (measuring spike delays): the input has two spikes ``d`` steps apart,
+  ``d`` in ``[delay_min, delay_max]``; the target is ``d / delay_max``.
+  ``msd_target="end"``: one value per sequence (task ``forecast``, horizon 1, read after the last step);
+  ``msd_target="per_step"``: 0 before the second spike, ``d / delay_max`` from it on (task ``seq2seq``).
+- ``gts`` (generating timed spikes): a start spike at ``t0`` in ``[0, start_max]``; the target is 1 at
+  ``t0 + k * period`` for k >= 1 and 0 elsewhere (task ``seq2seq``).
+- ``pfg`` (periodic function generation): a start spike at ``t0``; the target is 0 before ``t0`` and a
+  ``waveform`` of ``period`` steps and amplitude 1 from ``t0`` on (task ``seq2seq``); sine and triangle
+  start at 0 rising, square starts with its +1 half.
+
+Inputs are one channel (the spikes). ``inverse_transform`` maps MSD targets back to steps.
+"""
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, TensorDataset
+
+from peephole_lstm.data.base import TaskSpec, check_choice, check_int, make_loader
+
+TIMING_TASKS = ("msd", "gts", "pfg")
+MSD_TARGETS = ("end", "per_step")
+WAVEFORMS = ("sine", "triangle", "square")
+SPLITS = ("train", "val", "test")
+
+
+def waveform(name: str, phase: np.ndarray) -> np.ndarray:
+    """Periodic function of ``phase`` (in periods) with amplitude 1, in phase with the sine."""
+    if name == "sine":
+        return np.sin(2 * np.pi * phase)
+    if name == "triangle":
+        return 2 / np.pi * np.arcsin(np.sin(2 * np.pi * phase))
+    return np.where(np.mod(phase, 1.0) < 0.5, 1.0, -1.0)
+
+
+class TimingDataModule(L.LightningDataModule):
+    """Synthetic timing tasks (see module docstring); every split is generated from ``seed``."""
+
+    def __init__(
+        self,
+        task: str = "msd",
+        seq_len: int = 100,
+        n_train: int = 1000,
+        n_val: int = 200,
+        n_test: int = 200,
+        delay_min: int = 10,
+        delay_max: int = 50,
+        msd_target: str = "end",
+        period: int = 20,
+        waveform: str = "sine",
+        start_max: int = 20,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        check_choice("task", task, TIMING_TASKS)
+        check_choice("msd_target", msd_target, MSD_TARGETS)
+        check_choice("waveform", waveform, WAVEFORMS)
+        self.task, self.msd_target, self.waveform = task, msd_target, waveform
+        self.seq_len = check_int("seq_len", seq_len, 2)
+        self.sizes = {s: check_int(f"n_{s}", n, 1) for s, n in zip(SPLITS, (n_train, n_val, n_test))}
+        self.delay_min = check_int("delay_min", delay_min, 1)
+        self.delay_max = check_int("delay_max", delay_max, 1)
+        self.period = check_int("period", period, 2)
+        self.start_max = check_int("start_max", start_max, 0)
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.num_workers = check_int("num_workers", num_workers, 0)
+        self.seed = check_int("seed", seed, 0)
+        if task == "msd":
+            if delay_min > delay_max:
+                raise ValueError(f"delay_min={delay_min} must be <= delay_max={delay_max}")
+            if seq_len <= delay_max:
+                raise ValueError(f"seq_len={seq_len} must be > delay_max={delay_max} so both spikes fit")
+        elif seq_len <= start_max + period:
+            raise ValueError(
+                f"seq_len={seq_len} must be > start_max + period = {start_max + period} "
+                "so that every sequence contains at least one full period after the start spike"
+            )
+        self.datasets: dict[str, TensorDataset] | None = None
+
+    # ------------------------------------------------------------------ generation
+    def _generate(self, n: int, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
+        T = self.seq_len
+        x = np.zeros((n, T, 1))
+        rows = np.arange(n)
+        if self.task == "msd":
+            d = rng.integers(self.delay_min, self.delay_max + 1, n)
+            t1 = rng.integers(0, T - d)  # second spike t1 + d <= T - 1
+            x[rows, t1, 0] = 1.0
+            x[rows, t1 + d, 0] = 1.0
+            value = d / self.delay_max
+            if self.msd_target == "end":
+                y = value[:, None, None]
+            else:
+                after = np.arange(T)[None, :] >= (t1 + d)[:, None]
+                y = (after * value[:, None])[:, :, None]
+        else:
+            t0 = rng.integers(0, self.start_max + 1, n)
+            x[rows, t0, 0] = 1.0
+            elapsed = np.arange(T)[None, :] - t0[:, None]
+            if self.task == "gts":
+                y = (elapsed > 0) & (elapsed % self.period == 0)
+            else:
+                y = np.where(elapsed >= 0, waveform(self.waveform, elapsed / self.period), 0.0)
+            y = y[:, :, None]
+        return torch.from_numpy(x).float(), torch.from_numpy(np.asarray(y, dtype=np.float64)).float()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets is not None:
+            return
+        self.datasets = {}
+        for i, split in enumerate(SPLITS):
+            rng = np.random.default_rng([self.seed, i])  # splits are independent draws
+            self.datasets[split] = TensorDataset(*self._generate(self.sizes[split], rng))
+
+    # ------------------------------------------------------------------ contract
+    @property
+    def spec(self) -> TaskSpec:
+        self.setup()
+        if self.task == "msd":
+            task = "forecast" if self.msd_target == "end" else "seq2seq"
+            return TaskSpec(task=task, input_size=1, output_size=1, horizon=1, target_names=["delay"])
+        name = "spike" if self.task == "gts" else self.waveform
+        return TaskSpec(task="seq2seq", input_size=1, output_size=1, target_names=[name])
+
+    def inverse_transform(self, y: Tensor) -> Tensor:
+        """MSD: normalised delay -> delay in steps; GTS/PFG targets are already in their units."""
+        return y * self.delay_max if self.task == "msd" else y
+
+    def _loader(self, split: str) -> DataLoader:
+        self.setup()
+        return make_loader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=split == "train",
+            num_workers=self.num_workers,
+            seed=self.seed,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
