@@ -3,8 +3,12 @@
 ``dm.spec`` (a :class:`TaskSpec`) loads and validates all data, so bad input fails before training.
 """
 from peephole_lstm.data.base import DataError, TaskSpec
+from peephole_lstm.data.chars import CharDataModule
 from peephole_lstm.data.csvfile import CSVDataModule
 from peephole_lstm.data.mackey_glass import MackeyGlassDataModule
 from peephole_lstm.data.timing import TimingDataModule
 
-__all__ = ["CSVDataModule", "DataError", "MackeyGlassDataModule", "TaskSpec", "TimingDataModule"]
+__all__ = [
+    "CSVDataModule",
+    "CharDataModule",
+    "DataError", "MackeyGlassDataModule", "TaskSpec", "TimingDataModule"]
