@@ -11,4 +11,8 @@ from peephole_lstm.data.timing import TimingDataModule
 __all__ = [
     "CSVDataModule",
     "CharDataModule",
-    "DataError", "MackeyGlassDataModule", "TaskSpec", "TimingDataModule"]
+    "DataError",
+    "MackeyGlassDataModule",
+    "TaskSpec",
+    "TimingDataModule",
+]
