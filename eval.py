@@ -1,0 +1,16 @@
+"""Evaluate a checkpoint on its test split: `python eval.py ckpt_path=outputs/.../checkpoints/last.ckpt`."""
+import hydra
+from omegaconf import DictConfig
+
+from peephole_lstm.training import evaluate, register_configs
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+def main(cfg: DictConfig):
+    return evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""PredictionPlot: after test, predictions vs truth on the test split as PNGs (and W&B images)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.loggers import WandbLogger
+
+from peephole_lstm.training import plotting
+
+
+class PredictionPlot(pl.Callback):
+    """Plots regression tasks (forecast: consecutive test windows; seq2seq: example sequences) in the
+    datamodule's original units (`inverse_transform`, when it has one) under `dirpath`.
+
+    Runs on rank 0 over the datamodule's own test loader, so under DDP it still shows the whole split
+    in order, not one rank's shard.
+    """
+
+    def __init__(self, dirpath: str, max_points: int = 500, max_sequences: int = 3) -> None:
+        self.dirpath = Path(dirpath)
+        self.max_points, self.max_sequences = max_points, max_sequences
+        self.paths: list[Path] = []
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        task = pl_module.spec["task"]
+        dm = trainer.datamodule
+        if not trainer.is_global_zero or task not in ("forecast", "seq2seq") or dm is None:
+            return
+        limit = self.max_points if task == "forecast" else self.max_sequences
+        truth, pred = self._collect(pl_module, dm.test_dataloader(), limit)
+        if hasattr(dm, "inverse_transform"):
+            truth, pred = dm.inverse_transform(truth), dm.inverse_transform(pred)
+        names = pl_module.spec.get("target_names") or []
+        if task == "forecast":
+            fig = plotting.forecast_figure(truth.numpy(), pred.numpy(), names, "Test split: forecast vs truth")
+        else:
+            fig = plotting.sequence_figure(truth.numpy(), pred.numpy(), names, "Test split: prediction vs truth")
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        path = self.dirpath / f"test_{task}.png"
+        plotting.save(fig, path)
+        self.paths.append(path)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image(key=f"plots/test_{task}", images=[str(path)])
+
+    @staticmethod
+    @torch.no_grad()
+    def _collect(pl_module: pl.LightningModule, loader, limit: int):
+        was_training = pl_module.training
+        pl_module.eval()
+        truths, preds, n = [], [], 0
+        for x, y in loader:
+            pred = pl_module(x.to(pl_module.device))[0].cpu()
+            truths.append(y)
+            preds.append(pred)
+            n += len(y)
+            if n >= limit:
+                break
+        pl_module.train(was_training)
+        return torch.cat(truths)[:limit].float(), torch.cat(preds)[:limit].float()

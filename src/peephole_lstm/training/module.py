@@ -1,0 +1,198 @@
+"""SequenceModel: a recurrent network (peephole LSTM, nn.LSTM or nn.GRU) with a head for the task.
+
+Built from the datamodule's TaskSpec and the `model` config; both are saved as plain dicts in the
+checkpoint's hyper-parameters, so `SequenceModel.load_from_checkpoint(path, weights_only=True)`
+rebuilds it without running code from the checkpoint.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import hydra.utils
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.text import Perplexity
+
+from peephole_lstm import PeepholeLSTM, variants
+from peephole_lstm.training.metrics import BitsPerCharacter, NormalizedRMSE
+
+# PeepholeLSTM keyword arguments taken from the model config (arch=peephole only).
+PEEPHOLE_OPTIONS = (
+    "proj_size", "peephole", "peephole_gates", "output_peephole", "coupled", "input_gate", "forget_gate",
+    "output_gate", "input_activation", "output_activation", "gate_recurrence", "forget_bias", "cell_clip",
+    "layer_norm", "zoneout",
+)
+
+
+class ModelConfigError(ValueError):
+    """A `model.*` setting that is invalid on its own or for this task; the message names the key."""
+
+
+def recurrent_network(cfg: dict, input_size: int) -> nn.Module:
+    """The batch-first recurrent network the model config describes (validated by its constructor)."""
+    common = dict(
+        input_size=input_size, hidden_size=cfg["hidden_size"], num_layers=cfg["num_layers"], bias=cfg["bias"],
+        batch_first=True, dropout=cfg["dropout"], bidirectional=cfg["bidirectional"],
+    )
+    arch = cfg["arch"]
+    if arch != "peephole":
+        if cfg.get("variant") is not None:
+            raise ModelConfigError(f"model.variant={cfg['variant']} needs model.arch=peephole (got arch={arch})")
+        if cfg["compile"] or cfg["backend"] != "auto":
+            raise ModelConfigError(
+                f"model.compile / model.backend select PeepholeLSTM kernels; arch={arch} uses torch's own kernels"
+            )
+        if arch == "lstm":
+            return nn.LSTM(**common, proj_size=cfg["proj_size"])
+        if cfg["proj_size"]:
+            raise ModelConfigError("model.proj_size is not supported by arch=gru")
+        return nn.GRU(**common)
+    options = {k: cfg[k] for k in PEEPHOLE_OPTIONS}
+    if cfg.get("variant") is not None:
+        options.update(variants[cfg["variant"]])
+    backend = cfg["backend"]
+    if cfg["compile"]:
+        if backend not in ("auto", "compile"):
+            raise ModelConfigError(f"model.compile=true conflicts with model.backend={backend}")
+        backend = "compile"
+    try:
+        return PeepholeLSTM(**common, **options, backend=backend)
+    except ValueError as e:
+        raise ModelConfigError(f"model: {e}") from e
+
+
+def _detach(state):
+    if isinstance(state, tuple):
+        return tuple(s.detach() for s in state)
+    return state.detach()
+
+
+def _state_batch_size(state) -> int:
+    return (state[0] if isinstance(state, tuple) else state).shape[1]
+
+
+class SequenceModel(pl.LightningModule):
+    """Recurrent network + task head; losses and metrics per the contract (notes/contracts.md).
+
+    forecast: linear map from the last hidden state to (horizon, output_size); MSE loss.
+    seq2seq:  per-step linear map from the outputs; MSE loss.
+    classify: linear map from the last hidden state to class logits; cross-entropy.
+    lm:       embedding -> RNN -> per-step logits over the vocabulary; cross-entropy. With
+              spec["stateful"] the (detached) state is carried across batches and reset each epoch.
+    """
+
+    def __init__(self, spec: dict, model: dict) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.spec, self.cfg = spec, model
+        self.task = spec["task"]
+        if self.task == "lm" and model["bidirectional"]:
+            raise ModelConfigError("model.bidirectional=true would let a language model see the next character")
+        if self.task == "lm":
+            self.embedding = nn.Embedding(spec["input_size"], model["embedding_dim"])
+            rnn_input = model["embedding_dim"]
+        else:
+            rnn_input = spec["input_size"]
+        self.rnn = recurrent_network(model, rnn_input)
+        directions = 2 if model["bidirectional"] else 1
+        width = (model["proj_size"] or model["hidden_size"]) * directions
+        outputs = spec["output_size"] * (spec.get("horizon", 1) if self.task == "forecast" else 1)
+        self.head = nn.Sequential(nn.Dropout(model["head_dropout"]), nn.Linear(width, outputs))
+        self._carried: dict[str, Any] = {}
+        self.run_config: dict | None = None  # the full resolved config, stored in checkpoints for eval.py
+        self.metrics = nn.ModuleDict({stage: self._metrics() for stage in ("val", "test")})
+
+    def _metrics(self) -> MetricCollection:
+        if self.task in ("forecast", "seq2seq"):
+            return MetricCollection(
+                {"mse": MeanSquaredError(), "mae": MeanAbsoluteError(), "nrmse": NormalizedRMSE()}, compute_groups=False
+            )
+        if self.task == "classify":
+            return MetricCollection({"acc": MulticlassAccuracy(self.spec["output_size"], average="micro")})
+        return MetricCollection({"bpc": BitsPerCharacter(), "ppl": Perplexity()})
+
+    # ------------------------------------------------------------------ forward
+    def _last_state(self, h_n: Tensor) -> Tensor:
+        """(batch, features) of the last layer's final hidden state, both directions concatenated."""
+        directions = 2 if self.cfg["bidirectional"] else 1
+        last = h_n[-directions:]  # (directions, batch, hidden)
+        return last.transpose(0, 1).reshape(last.shape[1], -1)
+
+    def forward(self, x: Tensor, state=None):
+        """Returns (predictions, final state). Predictions: forecast (B, horizon, out), seq2seq (B, T, out),
+        classify (B, classes), lm (B, T, vocab)."""
+        if self.task == "lm":
+            x = self.embedding(x)
+        out, state = self.rnn(x, state)
+        h_n = state[0] if isinstance(state, tuple) else state
+        if self.task == "forecast":
+            y = self.head(self._last_state(h_n))
+            return y.view(x.shape[0], self.spec["horizon"], self.spec["output_size"]), state
+        if self.task == "classify":
+            return self.head(self._last_state(h_n)), state
+        return self.head(out), state
+
+    def _step(self, batch, stage: str):
+        x, y = batch
+        state = None
+        if self.spec.get("stateful"):
+            state = self._carried.get(stage)
+            if state is not None and _state_batch_size(state) != x.shape[0]:
+                state = None  # a short final batch starts new streams
+        pred, state = self(x, state)
+        if self.spec.get("stateful"):
+            self._carried[stage] = _detach(state)
+        if self.task in ("forecast", "seq2seq"):
+            loss = F.mse_loss(pred, y)
+        else:
+            loss = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), y.reshape(-1))
+        # Epoch means only: logging per step too would rename the metric to train/loss_step / _epoch.
+        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=x.shape[0],
+                 sync_dist=True)
+        if stage != "train":
+            metrics = self.metrics[stage]
+            metrics.update(pred, y)
+            self.log_dict({f"{stage}/{k}": m for k, m in metrics.items()}, on_epoch=True, batch_size=x.shape[0])
+        return loss, pred
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")[0]
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+    def predict_step(self, batch, batch_idx):
+        return self(batch[0])[0]
+
+    def _reset_state(self, stage: str) -> None:
+        self._carried.pop(stage, None)
+
+    def on_train_epoch_start(self) -> None:
+        self._reset_state("train")
+
+    def on_validation_epoch_start(self) -> None:
+        self._reset_state("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._reset_state("test")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.run_config is not None:
+            checkpoint["run_config"] = self.run_config
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        optimizer = hydra.utils.instantiate(self.cfg["optimizer"])(params=self.parameters(), lr=self.cfg["lr"])
+        if not self.cfg.get("scheduler"):
+            return optimizer
+        scheduler = hydra.utils.instantiate(self.cfg["scheduler"])(optimizer=optimizer)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "monitor": self.cfg["scheduler_monitor"]}}
+

@@ -1,0 +1,167 @@
+"""What `train.py` and `eval.py` do with a composed config.
+
+Order matters for the user: every config and data error is raised before the Trainer starts, and a job
+always leaves results.json (status "completed" or "failed") and ends its W&B run, even when it raises.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import hydra.utils
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig
+
+from peephole_lstm.training import ddp
+from peephole_lstm.training.checks import ConfigError, check_targets
+from peephole_lstm.training.loggers import finish_wandb, wandb_info
+from peephole_lstm.training.module import SequenceModel, recurrent_network
+from peephole_lstm.training.runinfo import (
+    hydra_overrides, print_config_tree, resolved, save_config, write_results,
+)
+
+
+@dataclass
+class _Job:
+    """What a job has built so far; read by the failure path to record as much as exists."""
+
+    loggers: list = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    wandb: Optional[dict] = None
+
+
+def _run_job(cfg: DictConfig, body: Callable[[DictConfig, _Job], None]) -> dict:
+    """Run `body` as one job: config tree, resolved config, results.json and the W&B run's end."""
+    run_dir = cfg.paths.output_dir
+    child = ddp.is_child_rank()
+    if cfg.extras.ignore_warnings:
+        warnings.filterwarnings("ignore")
+    if cfg.extras.torch_threads:
+        torch.set_num_threads(cfg.extras.torch_threads)
+    if not child:
+        if cfg.extras.print_config:
+            print_config_tree(cfg)
+        save_config(cfg, run_dir)
+    job = _Job()
+    try:
+        with ddp.ddp_job(run_dir, hydra_overrides()):
+            body(cfg, job)
+    except BaseException as e:
+        if not child:
+            write_results(run_dir, status="failed", error=f"{type(e).__name__}: {e}", metrics=job.metrics,
+                          seed=cfg.seed, wandb=job.wandb)
+        finish_wandb(failed=True)
+        raise
+    if not child:
+        write_results(run_dir, status="completed", error=None, metrics=job.metrics, seed=cfg.seed, wandb=job.wandb)
+    finish_wandb(failed=False)
+    return job.metrics
+
+
+def _instantiate_all(node: Optional[DictConfig]) -> list:
+    """Instantiate every `_target_` entry of a group such as `callbacks` or `logger` (None/empty: none)."""
+    if not node:
+        return []
+    return [hydra.utils.instantiate(v) for v in node.values() if v and "_target_" in v]
+
+
+def _trainer(cfg: DictConfig, job: _Job) -> pl.Trainer:
+    callbacks = _instantiate_all(cfg.callbacks)
+    job.loggers = _instantiate_all(cfg.logger)
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=job.loggers or False)
+    if trainer.is_global_zero:
+        job.wandb = wandb_info(job.loggers)
+    for logger in job.loggers:
+        logger.log_hyperparams(resolved(cfg))
+    return trainer
+
+
+def _check_config(cfg: DictConfig, groups: tuple[str, ...]) -> None:
+    for key in groups:
+        if cfg.get(key) is not None:
+            check_targets(cfg[key], key)
+
+
+def _metrics(trainer: pl.Trainer, prefixes: tuple[str, ...]) -> dict:
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefixes)}
+
+
+def _fit(cfg: DictConfig, job: _Job) -> None:
+    _check_config(cfg, ("data", "trainer", "callbacks", "logger"))
+    model_cfg = resolved(cfg.model)
+    check_targets(cfg.model.optimizer, "model.optimizer")
+    if cfg.model.scheduler:
+        check_targets(cfg.model.scheduler, "model.scheduler")
+    recurrent_network(model_cfg, input_size=1)  # model options fail here, before any data is loaded
+    pl.seed_everything(cfg.seed, workers=True)
+
+    datamodule = hydra.utils.instantiate(cfg.data)
+    spec = asdict(datamodule.spec)  # loads and validates all data
+    model = SequenceModel(spec=spec, model=model_cfg)
+    model.run_config = resolved(cfg)
+    trainer = _trainer(cfg, job)
+
+    if cfg.train:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        job.metrics.update(_metrics(trainer, ("train/", "val/")))
+    if cfg.test:
+        # Report val and test metrics of the same weights: the best checkpoint by val/loss when there is one.
+        best = trainer.checkpoint_callback.best_model_path if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else ""
+        ckpt = best or (cfg.ckpt_path if not cfg.train else None)
+        trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt)
+        job.metrics.update(_metrics(trainer, ("val/",)))
+        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)
+        job.metrics.update(_metrics(trainer, ("test/",)))
+
+
+def train(cfg: DictConfig) -> Optional[float]:
+    """Fit (and test) as configured; returns the value of `optimized_metric` (for Optuna sweeps)."""
+    metrics = _run_job(cfg, _fit)
+    if cfg.optimized_metric not in metrics:
+        raise ConfigError(
+            f"optimized_metric={cfg.optimized_metric!r} was not produced; available: {', '.join(sorted(metrics))}"
+        )
+    return metrics[cfg.optimized_metric]
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint written by train.py, loaded without executing code from the file (weights_only)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"ckpt_path={str(path)!r} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={str(path)!r} is not a file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ConfigError(f"ckpt_path={str(path)!r} is not a readable checkpoint: {type(e).__name__}: {e}") from e
+    if not isinstance(checkpoint, dict) or "run_config" not in checkpoint or "hyper_parameters" not in checkpoint:
+        raise ConfigError(f"ckpt_path={str(path)!r} is not a checkpoint written by train.py (no run_config)")
+    return checkpoint
+
+
+def _evaluate(cfg: DictConfig, job: _Job) -> None:
+    _check_config(cfg, ("trainer", "callbacks", "logger"))
+    checkpoint = load_checkpoint(cfg.ckpt_path)
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = hydra.utils.instantiate(checkpoint["run_config"]["data"])
+    spec = asdict(datamodule.spec)
+    model = SequenceModel(**checkpoint["hyper_parameters"])
+    for key in ("task", "input_size", "output_size", "horizon"):
+        if spec.get(key) != model.spec.get(key):
+            raise ConfigError(f"the data no longer matches the checkpoint: {key} is {spec.get(key)!r}, "
+                              f"the model was trained with {model.spec.get(key)!r}")
+    model.load_state_dict(checkpoint["state_dict"])
+    model.run_config = checkpoint["run_config"]
+    trainer = _trainer(cfg, job)
+    trainer.test(model, datamodule=datamodule)
+    job.metrics.update(_metrics(trainer, ("test/",)))
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Test the checkpoint `cfg.ckpt_path` on its data's test split; returns the test metrics."""
+    return _run_job(cfg, _evaluate)

@@ -1,0 +1,20 @@
+"""Train a model: `python train.py [overrides]` (see README "Training" and "Configuration")."""
+from peephole_lstm.training.ddp import rewrite_child_argv
+
+rewrite_child_argv()  # DDP ranks > 0 join rank 0's job; must run before Hydra parses argv
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from peephole_lstm.training import register_configs, train  # noqa: E402
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig):
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()
