@@ -101,6 +101,10 @@ class CSVDataModule(WindowedSeriesDataModule):
     def _load(self) -> tuple[np.ndarray, list[str], list[str]]:
         p, text = read_utf8(self.path, "CSV file")
         where = str(p)
+        header, _, rest = text.partition("\n")
+        if not rest.strip():  # checked before pandas, which is slow on one huge header line
+            n = len(header.split(self.sep))
+            raise DataError(f"{where}: has a header line ({n} columns) but no data rows")
         try:
             df = pd.read_csv(
                 io.StringIO(text), sep=self.sep, dtype=str, keep_default_na=False, skip_blank_lines=False
