@@ -121,3 +121,20 @@ def test_export_matches_eager(kwargs):
     got = exported.module()(new_x)
     out, (h_n, c_n) = lstm(new_x)
     _assert_same((got[0], *got[1]), (out, h_n, c_n), 1e-6)
+
+
+def test_cell_and_layer_trace_as_one_graph():
+    """fullgraph=True fails on any graph break; dynamo's "eager" backend checks that without paying for
+    an inductor compilation (the compile backend test above pays for one)."""
+    cell = make_cell(IN, HID, peephole="full", layer_norm=True, proj_size=2, zoneout=0.2, cell_clip=0.5)
+    x = torch.randn(B, IN, dtype=torch.float64)
+    traced = torch.compile(cell, fullgraph=True, backend="eager")
+    _assert_same(traced(x), cell(x), 1e-12)
+    fgr = make_cell(IN, HID, gate_recurrence=True, coupled=True)
+    state = (torch.randn(B, HID, dtype=torch.float64),) * 2 + (torch.rand(B, 2 * HID, dtype=torch.float64),)
+    step = torch.compile(fgr.step, fullgraph=True, backend="eager")
+    _assert_same(step(x, *state), fgr.step(x, *state), 1e-12)
+    lstm = make_lstm(IN, HID, num_layers=2, bidirectional=True, gate_recurrence=True, peephole="full")
+    xs = torch.randn(T, B, IN, dtype=torch.float64)
+    out, (h_n, c_n) = torch.compile(lstm, fullgraph=True, backend="eager")(xs)
+    _assert_same((out, h_n, c_n), (lambda o: (o[0], *o[1]))(lstm(xs)), 1e-12)
