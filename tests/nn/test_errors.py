@@ -6,6 +6,7 @@ import re
 
 import pytest
 import torch
+from torch.nn.utils.rnn import pack_sequence
 
 from peephole_lstm import PeepholeLSTM, PeepholeLSTMCell, variants
 
@@ -74,6 +75,23 @@ def test_layer_input_and_state_shapes_are_checked(kwargs):
         lstm(x, (torch.zeros(n, 2, out), torch.zeros(n, 2, 5)))
     with pytest.raises(TypeError, match="floating-point"):
         lstm(torch.zeros(5, 2, 3, dtype=torch.long))
+
+
+def test_unbatched_state_shape_is_checked_as_unbatched():
+    """Unbatched input takes 2-D states, as in nn.LSTM; the message must say so, not show a batch axis."""
+    lstm = PeepholeLSTM(3, 4, num_layers=2)
+    expected = "h_0 of shape (2, 4), c_0 of shape (2, 4)"
+    with pytest.raises(ValueError, match=re.escape(expected) + r".*got \[2, 5\] and \[2, 4\]"):
+        lstm(torch.randn(5, 3), (torch.zeros(2, 5), torch.zeros(2, 4)))
+    with pytest.raises(ValueError, match=re.escape(expected) + r".*got \[2, 1, 4\] and \[2, 1, 4\]"):
+        lstm(torch.randn(5, 3), (torch.zeros(2, 1, 4), torch.zeros(2, 1, 4)))
+
+
+def test_packed_input_feature_size_is_checked():
+    lstm = PeepholeLSTM(3, 4)
+    packed = pack_sequence([torch.randn(4, 7), torch.randn(2, 7)])
+    with pytest.raises(ValueError, match=r"PackedSequence.*3 features.*got 7"):
+        lstm(packed)
 
 
 def test_cell_input_and_state_shapes_are_checked():

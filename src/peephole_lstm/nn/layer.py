@@ -144,6 +144,12 @@ class PeepholeLSTM(nn.Module):
             return zeros(n, batch, out_size), zeros(n, batch, self.hidden_size)
         h0, c0 = hx
         if not batched:
+            # Checked before adding the batch axis, so the message shows the 2-D shapes the caller passes.
+            if tuple(h0.shape) != (n, out_size) or tuple(c0.shape) != (n, self.hidden_size):
+                raise ValueError(
+                    f"PeepholeLSTM: unbatched input expects hx = (h_0 of shape ({n}, {out_size}), c_0 of shape "
+                    f"({n}, {self.hidden_size})), got {list(h0.shape)} and {list(c0.shape)}"
+                )
             h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
         if tuple(h0.shape) != (n, batch, out_size) or tuple(c0.shape) != (n, batch, self.hidden_size):
             raise ValueError(
@@ -156,6 +162,11 @@ class PeepholeLSTM(nn.Module):
         lengths = None
         if isinstance(input, PackedSequence):
             packed = input
+            if packed.data.shape[-1] != self.input_size:
+                raise ValueError(
+                    f"PeepholeLSTM: expected a PackedSequence of {self.input_size} features per step "
+                    f"(data of shape (total_steps, {self.input_size})), got {packed.data.shape[-1]}"
+                )
             x, lengths = pad_packed_sequence(packed)  # original batch order, as hx is given
             batched = True
         else:
