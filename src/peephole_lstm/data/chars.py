@@ -117,16 +117,16 @@ class CharDataModule(L.LightningDataModule):
         ranges = split_ranges(len(text), self.val_fraction, self.test_fraction)
         need = self.batch_size * self.seq_len + 1 if self.stateful else self.seq_len + 1
         why = (
-            f"stateful=true needs batch_size x seq_len + 1 = {self.batch_size} x {self.seq_len} + 1"
+            f"stateful=true needs batch_size x seq_len + 1 = {self.batch_size} x {self.seq_len} + 1 = {need}"
             if self.stateful
-            else f"seq_len + 1 = {self.seq_len} + 1 needs"
+            else f"one sequence needs seq_len + 1 = {self.seq_len} + 1 = {need}"
         )
         for split, (a, b) in ranges.items():
             if b - a < need:
                 raise DataError(
                     f"{where} is too short: its {SPLIT_NAMES[split]} split has {b - a} characters "
                     f"(of {len(text)}; val_fraction={self.val_fraction:g}, test_fraction="
-                    f"{self.test_fraction:g}) but {why} = {need}; use a longer text or a smaller "
+                    f"{self.test_fraction:g}) but {why}; use a longer text or a smaller "
                     "seq_len/batch_size"
                 )
         a, b = ranges["train"]
@@ -160,6 +160,10 @@ class CharDataModule(L.LightningDataModule):
 
     def _loader(self, split: str) -> DataLoader:
         self.setup()
+        trainer = self.trainer
+        if self.stateful and trainer is not None and trainer.world_size > 1:
+            # a distributed sampler would interleave items across ranks and break the streams
+            raise ValueError("stateful=true supports a single process only; use stateful=false with DDP")
         return make_loader(
             self.datasets[split],
             batch_size=self.batch_size,
