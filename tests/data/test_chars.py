@@ -1,3 +1,4 @@
+import lightning as L
 import pytest
 import torch
 
@@ -137,8 +138,6 @@ def test_invalid_arguments(kw, match):
 
 
 def test_stateful_refuses_multi_process_training(tmp_path):
-    import lightning as L
-
     dm = CharDataModule(write(tmp_path, TEXT), seq_len=10, batch_size=4, stateful=True)
     dm.trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False)  # not started
     with pytest.raises(ValueError, match="stateful=true supports a single process only"):
