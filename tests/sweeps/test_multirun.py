@@ -1,0 +1,129 @@
+"""Real `train.py -m` sweeps: run dirs, results.json, one offline W&B run per job, the report on them."""
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from peephole_lstm.nn.options import variants
+from peephole_lstm.sweeps import discover_jobs
+from peephole_lstm.training import register_configs
+from sweep_helpers import ROOT, TINY, explain, job_dirs, results, run_train
+from wandb_files import offline_runs
+
+REPORT = ROOT / "scripts" / "sweep_report.py"
+
+
+def report_rows(sweep, *args) -> list[dict]:
+    proc = subprocess.run([sys.executable, str(REPORT), str(sweep), *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    with open(sweep / "report.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_peephole_ablation_multirun_one_wandb_run_per_job_and_report(tmp_path):
+    # the experiment's grid (data x peephole x seed) narrowed on the command line to 3 jobs
+    proc = run_train("-m", "experiment=peephole_ablation", "seed=0", *TINY, cwd=tmp_path)
+    assert proc.returncode == 0, explain(proc)
+    sweep = tmp_path / "sweep"
+    jobs = job_dirs(sweep)
+    assert [j.name for j in jobs] == ["0", "1", "2"]
+    assert not (tmp_path / "outputs").exists()  # nothing ran outside the sweep dir
+
+    wandb_ids, groups = set(), set()
+    for job, peephole in zip(jobs, ["none", "diagonal", "full"]):
+        res = results(job)
+        assert res["status"] == "completed" and res["error"] is None
+        assert f"model.peephole={peephole}" in res["overrides"] and "seed=0" in res["overrides"]
+        assert (job / "checkpoints" / "last.ckpt").is_file()
+        (run,) = offline_runs(job)  # exactly one W&B run, inside this job's dir
+        assert run.run_id == res["wandb"]["id"]
+        assert "peephole_ablation" in run.tags
+        assert run.exit_code == 0
+        assert run.summary["test/nrmse"] == pytest.approx(res["metrics"]["test/nrmse"])
+        assert {"model", "data", "trainer", "seed"} <= run.config_keys  # the nested resolved config
+        assert run.history_rows > 0  # per-epoch metrics
+        wandb_ids.add(run.run_id)
+        groups.add(run.group)
+    assert len(wandb_ids) == 3
+    assert groups == {f"{sweep.parent.name}_{sweep.name}"}  # one group per sweep
+
+    rows = report_rows(sweep, "--metric", "test/nrmse")
+    assert [r["variant"] for r in rows] == [f"model.peephole={p}" for p in ["none", "diagonal", "full"]]
+    for row, job in zip(rows, jobs):
+        assert (row["jobs"], row["failed"], row["test/nrmse_n"]) == ("1", "0", "1")
+        assert float(row["test/nrmse_mean"]) == pytest.approx(results(job)["metrics"]["test/nrmse"])
+    assert (sweep / "box_test_nrmse.png").stat().st_size > 10_000
+
+
+def test_crashing_job_does_not_stop_the_sweep_and_is_reported(tmp_path):
+    # lr=-1 passes the config schema (a float) but Adam rejects it once training starts, after W&B has started
+    proc = run_train("-m", "model.lr=0.01,-1.0,0.02", *TINY, cwd=tmp_path)
+    assert proc.returncode != 0  # Hydra reports the failed job at the end of the sweep
+    sweep = tmp_path / "sweep"
+    jobs = job_dirs(sweep)
+    assert len(jobs) == 3
+    statuses = [results(j)["status"] for j in jobs]
+    assert statuses == ["completed", "failed", "completed"], explain(proc)
+    assert "Invalid learning rate" in results(jobs[1])["error"]
+    runs = [offline_runs(j) for j in jobs]
+    assert [len(r) for r in runs] == [1, 1, 1]
+    assert [r[0].exit_code for r in runs] == [0, 1, 0]  # the crashed job's W&B run is marked failed
+    assert len({r[0].run_id for r in runs}) == 3  # the job after the crash got a fresh run
+
+    rows = {r["variant"]: r for r in report_rows(sweep, "--metric", "test/loss")}
+    assert rows["model.lr=-1.0"]["failed"] == "1" and rows["model.lr=-1.0"]["test/loss_n"] == "0"
+    assert rows["model.lr=0.02"]["failed"] == "0" and rows["model.lr=0.02"]["test/loss_n"] == "1"
+    md = (sweep / "report.md").read_text()
+    assert "| 1 | model.lr=-1.0 | 0 | failed | ValueError: Invalid learning rate: -1.0 |" in md
+
+
+def test_optuna_search_of_three_trials(tmp_path):
+    proc = run_train("hparams_search=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.n_startup_trials=2",
+                     "optimized_metric=val/nrmse", *TINY, cwd=tmp_path)
+    assert proc.returncode == 0, explain(proc)
+    sweep = tmp_path / "sweep"
+    jobs = job_dirs(sweep)
+    assert len(jobs) == 3
+    trials = [results(j) for j in jobs]
+    assert all(t["status"] == "completed" for t in trials)
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    values = [t["metrics"]["val/nrmse"] for t in trials]
+    assert best["best_value"] == pytest.approx(min(values))
+    winner = trials[values.index(min(values))]["overrides"]
+    assert {f"{k}={v}" for k, v in best["best_params"].items()} <= set(winner)
+    assert all(len(offline_runs(j)) == 1 for j in jobs)
+    assert {r.run_id for j in jobs for r in offline_runs(j)} == {t["wandb"]["id"] for t in trials}
+    assert len(discover_jobs(sweep)) == 3
+
+
+def compose_sweep_params(experiment: str) -> dict:
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("train", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+    return {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items()}, cfg
+
+
+@pytest.mark.parametrize(
+    "experiment, grid",
+    [
+        ("peephole_ablation", {"data": ["timing", "mackey_glass"], "model.peephole": ["none", "diagonal", "full"]}),
+        ("greff_variants", {"model.variant": list(variants)}),
+        ("gers_timing", {"data.task": ["msd", "gts", "pfg"], "model.peephole": ["none", "diagonal"]}),
+    ],
+)
+def test_experiment_grids(experiment, grid):
+    params, cfg = compose_sweep_params(experiment)
+    assert params.pop("seed") == ["0", "1", "2"]
+    assert params == grid
+    assert experiment in cfg.tags
+    assert len(grid.get("model.variant", [])) in (0, 9)  # vanilla + the 8 Greff et al. variants
