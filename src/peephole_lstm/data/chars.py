@@ -112,8 +112,8 @@ class CharDataModule(L.LightningDataModule):
         if self.datasets is not None:
             return
         where, text = self._text()
-        if self.max_chars is not None:
-            text = text[: self.max_chars]
+        if self.max_chars is not None and len(text) > self.max_chars:
+            where, text = f"{where} (cut to max_chars={self.max_chars})", text[: self.max_chars]
         ranges = split_ranges(len(text), self.val_fraction, self.test_fraction)
         need = self.batch_size * self.seq_len + 1 if self.stateful else self.seq_len + 1
         why = (
