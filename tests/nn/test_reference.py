@@ -23,7 +23,7 @@ OPTION_CASES = {
     "gates=o-previous": dict(peephole_gates="o", output_peephole="previous"),
     "gates=if-full": dict(peephole="full", peephole_gates="if"),
     "gates=io-CIFG": dict(coupled=True, peephole_gates="io"),
-    "gates=f-NFG": dict(forget_gate=False, peephole_gates="f"),
+    "gates=fo-NFG": dict(forget_gate=False, peephole_gates="fo"),
     "layer_norm": dict(layer_norm=True),
     "layer_norm-full": dict(layer_norm=True, peephole="full"),
     "layer_norm-CIFG-clip": dict(layer_norm=True, coupled=True, cell_clip=0.5),
