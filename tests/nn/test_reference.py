@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from peephole_lstm import variants
 
@@ -150,3 +152,37 @@ def test_cell_matches_reference(kwargs):
         gradients(weighted_sum(want), leaves),
         ("d x", "d h", "d c", "d gates") + tuple(f"d {n}" for n in names),
     )
+
+
+@st.composite
+def _options(draw):
+    """Any valid combination of options, with gradients checked the same way as the cases above."""
+    coupled = draw(st.booleans())
+    kwargs = dict(
+        peephole=draw(st.sampled_from(["none", "diagonal", "full"])),
+        peephole_gates=draw(st.sampled_from(["ifo", "if", "io", "fo", "i", "f", "o"])),
+        output_peephole=draw(st.sampled_from(["current", "previous"])),
+        coupled=coupled,
+        input_gate=True if coupled else draw(st.booleans()),
+        forget_gate=True if coupled else draw(st.booleans()),
+        output_gate=draw(st.booleans()),
+        input_activation=draw(st.sampled_from(["tanh", "identity"])),
+        output_activation=draw(st.sampled_from(["tanh", "identity"])),
+        cell_clip=draw(st.sampled_from([None, 0.4])),
+        layer_norm=draw(st.booleans()),
+        zoneout=draw(st.sampled_from([0.0, 0.3])),
+        proj_size=draw(st.sampled_from([0, 2])),
+        num_layers=draw(st.sampled_from([1, 2])),
+        bidirectional=draw(st.booleans()),
+        bias=draw(st.booleans()),
+    )
+    has_gate = kwargs["input_gate"] or kwargs["forget_gate"] or kwargs["output_gate"]
+    kwargs["gate_recurrence"] = has_gate and draw(st.booleans())
+    return kwargs
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(kwargs=_options(), seed=st.integers(0, 2**16))
+def test_any_option_combination_matches_reference(kwargs, seed):
+    lstm = make_lstm(IN, HID, seed=seed, **kwargs)
+    _check_lstm(lstm, kwargs, _inputs(seed))
