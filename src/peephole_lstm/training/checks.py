@@ -6,6 +6,7 @@ possibly after the data is loaded. This names the key and the closest valid ones
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 from typing import Any, Mapping
@@ -54,3 +55,19 @@ def check_targets(node: Any, key: str) -> None:
     elif isinstance(node, (ListConfig, list)):
         for i, value in enumerate(node):
             check_targets(value, f"{key}[{i}]")
+
+
+def check_schema_keys(node: DictConfig, schema: type, key: str = "") -> None:
+    """Reject keys that a dataclass schema does not define, including ones added with Hydra's `+key=`
+    (which opens the struct flag and so bypasses OmegaConf's own check)."""
+
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for name in node.keys():
+        full = f"{key}.{name}" if key else str(name)
+        if name not in fields:
+            close = difflib.get_close_matches(str(name), sorted(fields), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"{full} is not a known key{hint} Allowed: {', '.join(sorted(fields))}")
+        sub = node._get_node(name)
+        if isinstance(sub, DictConfig) and dataclasses.is_dataclass(sub._metadata.object_type):
+            check_schema_keys(sub, sub._metadata.object_type, full)

@@ -68,9 +68,12 @@ def wandb_logger(
     tags: Sequence[str] = (),
     name: Optional[str] = None,
     log_model: bool = False,
+    id: Optional[str] = None,  # noqa: A002 (W&B's name) continue this run: a requeued job stays one run
 ) -> WandbLogger:
     """A WandbLogger writing under `save_dir`/wandb/; the run itself starts on first use (rank 0 only)."""
     return WandbLogger(
+        id=id,
+        resume="allow" if id else None,
         project=project,
         entity=entity,
         save_dir=save_dir,

@@ -17,9 +17,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
 from peephole_lstm.training import ddp
-from peephole_lstm.training.checks import ConfigError, check_targets
+from peephole_lstm.training.checks import ConfigError, check_schema_keys, check_targets
 from peephole_lstm.training.loggers import finish_wandb, wandb_info
 from peephole_lstm.training.module import SequenceModel, recurrent_network
+from peephole_lstm.training.schema import EvalConfig, TrainConfig
 from peephole_lstm.training.runinfo import (
     hydra_overrides, print_config_tree, resolved, save_config, write_results,
 )
@@ -91,6 +92,7 @@ def _metrics(trainer: pl.Trainer, prefixes: tuple[str, ...]) -> dict:
 
 
 def _fit(cfg: DictConfig, job: _Job) -> None:
+    check_schema_keys(cfg, TrainConfig)
     _check_config(cfg, ("data", "trainer", "callbacks", "logger"))
     model_cfg = resolved(cfg.model)
     check_targets(cfg.model.optimizer, "model.optimizer")
@@ -145,6 +147,7 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def _evaluate(cfg: DictConfig, job: _Job) -> None:
+    check_schema_keys(cfg, EvalConfig)
     _check_config(cfg, ("trainer", "callbacks", "logger"))
     checkpoint = load_checkpoint(cfg.ckpt_path)
     pl.seed_everything(cfg.seed, workers=True)

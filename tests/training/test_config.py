@@ -1,0 +1,111 @@
+"""Config composition for every group option, and the schema errors a typo must produce before training."""
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from conftest import CONF, compose_config
+from peephole_lstm.training.checks import ConfigError, check_schema_keys, check_targets
+from peephole_lstm.training.schema import TrainConfig
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+GROUPS = ["model", "trainer", "logger", "callbacks", "debug", "experiment", "paths", "extras"]
+
+
+def test_every_group_has_options():
+    for group in GROUPS + ["data"]:
+        assert options(group), group
+    assert {"cpu", "gpu", "ddp", "ddp_cpu"} <= set(options("trainer"))
+    assert {"wandb", "csv", "tensorboard", "none"} <= set(options("logger"))
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_composes_and_resolves(group, option, tmp_path):
+    cfg = compose_config("train", [f"{group}={option}"], output_dir=tmp_path)
+    assert cfg.model.arch.name in ("peephole", "lstm", "gru")
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    for key in ("trainer", "callbacks", "logger"):
+        if cfg[key]:
+            check_targets(cfg[key], key)
+
+
+@pytest.mark.parametrize("option", [o for o in options("data") if o != "csv"])
+def test_every_data_option_composes_and_checks_against_its_constructor(option):
+    cfg = compose_config("train", [f"data={option}"])
+    assert cfg.data._target_.startswith("peephole_lstm.data.")
+    check_targets(cfg.data, "data")
+
+
+def test_default_is_the_mackey_glass_showcase():
+    cfg = compose_config("train")
+    assert cfg.data._target_ == "peephole_lstm.data.MackeyGlassDataModule"
+    assert cfg.model.arch.name == "peephole" and cfg.model.peephole.name == "diagonal"
+    assert list(cfg.logger) == ["wandb"] and cfg.trainer.accelerator == "cpu"
+    assert cfg.optimized_metric == "val/loss" and cfg.test is True
+    assert set(cfg.callbacks) >= {"model_checkpoint", "prediction_plot"}
+    assert cfg.callbacks.model_checkpoint.save_last is True
+
+
+def test_eval_config_requires_ckpt_path():
+    cfg = compose_config("eval")
+    assert OmegaConf.is_missing(cfg, "ckpt_path")
+    assert compose_config("eval", ["ckpt_path=x.ckpt"]).ckpt_path == "x.ckpt"
+
+
+def test_debug_configs_override_the_trainer():
+    assert compose_config("train", ["debug=fdr"]).trainer.fast_dev_run is True
+    assert compose_config("train", ["debug=overfit"]).trainer.overfit_batches == 3
+    assert compose_config("train", ["trainer=ddp_cpu"]).trainer.strategy == "ddp"
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("model.peephole=diagnol", ["model.peephole", "none", "diagonal", "full"]),
+        ("model.arch=transformer", ["model.arch", "peephole", "lstm", "gru"]),
+        ("model.variant=CIFGG", ["model.variant", "vanilla", "CIFG", "FGR"]),
+        ("model.output_peephole=next", ["model.output_peephole", "current", "previous"]),
+        ("model.hidden_size=big", ["model.hidden_size", "Integer"]),
+        ("model.bidirectional=maybe", ["model.bidirectional", "not a valid bool"]),
+        ("model.hiden_size=3", ["hiden_size"]),
+        ("seeed=1", ["seeed"]),
+    ],
+)
+def test_typos_fail_at_composition_naming_key_and_allowed_values(override, expected):
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_config("train", [override])
+    message = str(err.value) + str(err.value.__cause__)
+    for text in expected:
+        assert text in message
+
+
+@pytest.mark.parametrize(
+    "override, key, suggestion",
+    [
+        ("+trainer.max_epoch=3", "trainer.max_epoch", "max_epochs"),
+        ("+data.windw=3", "data.windw", "window"),
+        ("+callbacks.model_checkpoint.monitr=x", "callbacks.model_checkpoint.monitr", "monitor"),
+        ("+model.optimizer.weight_decy=0.1", "model.optimizer.weight_decy", "weight_decay"),
+    ],
+)
+def test_unknown_constructor_arguments_are_named_with_suggestions(override, key, suggestion):
+    cfg = compose_config("train", [override])
+    group = key.split(".")[0]
+    node = cfg.model.optimizer if group == "model" else cfg[group]
+    prefix = "model.optimizer" if group == "model" else group
+    with pytest.raises(ConfigError, match=rf"{key} is not an argument .*did you mean {suggestion}"):
+        check_targets(node, prefix)
+
+
+@pytest.mark.parametrize("override, key", [("+model.hiden_size=3", "model.hiden_size"), ("+seeed=1", "seeed"),
+                                           ("+extras.print_cfg=true", "extras.print_cfg")])
+def test_keys_added_with_plus_are_rejected_by_the_schema_check(override, key):
+    cfg = compose_config("train", [override])  # `+` opens the struct flag, so composition accepts it
+    with pytest.raises(ConfigError, match=rf"{key} is not a known key"):
+        check_schema_keys(cfg, TrainConfig)
+    check_schema_keys(compose_config("train"), TrainConfig)

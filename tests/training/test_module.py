@@ -1,0 +1,124 @@
+"""SequenceModel heads, losses, stateful TBPTT and the custom metrics, on tiny tensors."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from peephole_lstm import PeepholeLSTM
+from peephole_lstm.training.metrics import BitsPerCharacter, NormalizedRMSE
+from peephole_lstm.training.module import ModelConfigError, SequenceModel, recurrent_network
+from peephole_lstm.training.runinfo import resolved
+from peephole_lstm.training.schema import ModelConfig
+from omegaconf import OmegaConf
+
+
+def model_cfg(**overrides) -> dict:
+    cfg = resolved(OmegaConf.structured(ModelConfig))
+    cfg.update(hidden_size=8, **overrides)
+    return cfg
+
+
+def spec(task, input_size=3, output_size=2, horizon=1, stateful=False):
+    return dict(task=task, input_size=input_size, output_size=output_size, horizon=horizon,
+                target_names=[], vocab=None, stateful=stateful)
+
+
+@pytest.mark.parametrize("arch", ["peephole", "lstm", "gru"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_head_shapes(arch, bidirectional):
+    cfg = model_cfg(arch=arch, bidirectional=bidirectional, num_layers=2)
+    x = torch.randn(4, 7, 3)
+    assert SequenceModel(spec("forecast", horizon=5), cfg)(x)[0].shape == (4, 5, 2)
+    assert SequenceModel(spec("seq2seq"), cfg)(x)[0].shape == (4, 7, 2)
+    assert SequenceModel(spec("classify", output_size=6), cfg)(x)[0].shape == (4, 6)
+    if not bidirectional:
+        tokens = torch.randint(0, 11, (4, 7))
+        assert SequenceModel(spec("lm", input_size=11, output_size=11), cfg)(tokens)[0].shape == (4, 7, 11)
+
+
+def test_forecast_reads_the_last_hidden_state():
+    """Changing only the first input step changes the forecast: the head sees the whole window's state."""
+    torch.manual_seed(0)
+    m = SequenceModel(spec("forecast", input_size=1, output_size=1), model_cfg())
+    x = torch.randn(1, 6, 1)
+    y = x.clone()
+    y[0, 0, 0] += 1.0
+    assert not torch.allclose(m(x)[0], m(y)[0])
+
+
+def test_arch_selects_the_network_and_variant_overrides_options():
+    assert isinstance(recurrent_network(model_cfg(arch="lstm"), 3), torch.nn.LSTM)
+    assert isinstance(recurrent_network(model_cfg(arch="gru"), 3), torch.nn.GRU)
+    net = recurrent_network(model_cfg(variant="CIFG", peephole="full"), 3)
+    assert isinstance(net, PeepholeLSTM)
+    assert net.options[0].coupled and net.options[0].peephole == "diagonal"  # the preset wins
+    assert recurrent_network(model_cfg(compile=True), 3).backend == "compile"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(arch="gru", variant="NIG"), "model.variant"),
+        (dict(arch="lstm", compile=True), "model.compile"),
+        (dict(compile=True, backend="script"), "model.backend=script"),
+        (dict(peephole_gates="xyz"), "peephole_gates"),
+        (dict(coupled=True, input_gate=False), "coupled"),
+    ],
+)
+def test_invalid_model_options_name_the_key(overrides, message):
+    with pytest.raises(ModelConfigError, match=message):
+        recurrent_network(model_cfg(**overrides), 3)
+
+
+def test_lm_rejects_bidirectional():
+    with pytest.raises(ModelConfigError, match="bidirectional"):
+        SequenceModel(spec("lm", input_size=5, output_size=5), model_cfg(bidirectional=True))
+
+
+@pytest.mark.parametrize("arch", ["peephole", "gru"])
+def test_stateful_lm_carries_detached_state_and_resets_each_epoch(arch):
+    torch.manual_seed(0)
+    m = SequenceModel(spec("lm", input_size=5, output_size=5, stateful=True), model_cfg(arch=arch))
+    m.log = lambda *a, **k: None  # no Trainer attached; logging is tested by the training runs
+    a, b = torch.randint(0, 5, (2, 3, 6))
+    m.training_step((a, a), 0)
+    carried = m._carried["train"]
+    first = carried[0] if isinstance(carried, tuple) else carried
+    assert not first.requires_grad
+    # the second batch starts from the carried state: same as running both batches as one sequence
+    with torch.no_grad():
+        joint = m(torch.cat([a, b], 1))[0][:, 6:]
+        cont = m(b, m._carried["train"])[0]
+    assert torch.allclose(joint, cont, atol=1e-5)
+    m.on_train_epoch_start()
+    assert "train" not in m._carried
+
+
+def test_nrmse_matches_its_definition_over_batches():
+    torch.manual_seed(0)
+    preds, target = torch.randn(50, 3, 2), torch.randn(50, 3, 2) * 2 + 1
+    metric = NormalizedRMSE()
+    for p, t in zip(preds.split(7), target.split(7)):
+        metric.update(p, t)
+    rmse = torch.sqrt(((preds - target) ** 2).mean())
+    assert metric.compute().item() == pytest.approx((rmse / target.std(unbiased=False)).item(), rel=1e-5)
+    # predicting the mean scores 1
+    mean_pred = NormalizedRMSE()
+    mean_pred.update(torch.full_like(target, target.mean().item()), target)
+    assert mean_pred.compute().item() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_bits_per_character_is_cross_entropy_in_bits():
+    torch.manual_seed(0)
+    logits, target = torch.randn(4, 9, 7), torch.randint(0, 7, (4, 9))
+    metric = BitsPerCharacter()
+    metric.update(logits[:2], target[:2])
+    metric.update(logits[2:], target[2:])
+    ce = F.cross_entropy(logits.reshape(-1, 7), target.reshape(-1)).item()
+    assert metric.compute().item() == pytest.approx(ce / math.log(2), rel=1e-5)
+    uniform = BitsPerCharacter()
+    uniform.update(torch.zeros(2, 3, 8), torch.zeros(2, 3, dtype=torch.long))
+    assert uniform.compute().item() == pytest.approx(3.0, rel=1e-6)  # log2(8)

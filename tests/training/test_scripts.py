@@ -1,0 +1,85 @@
+"""train.py / eval.py run for real as subprocesses: run directory contents, W&B offline files, eval on
+the produced checkpoint, bad input failing before training, and DDP on CPU with two processes."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import FAST, results, run_dirs, run_script
+
+TINY = [*FAST, "trainer.max_epochs=2", "+trainer.limit_train_batches=3", "data.length=400"]
+TINY = [o for o in TINY if o not in ("trainer.max_epochs=1", "+trainer.limit_train_batches=2")]
+
+
+def test_train_then_eval_on_the_checkpoint(tmp_path):
+    proc = run_script("train.py", *TINY, "tags=[test,tiny]", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = run_dirs(tmp_path)
+    res = results(run)
+    assert res["status"] == "completed" and res["error"] is None
+    assert res["overrides"] == [*TINY, "tags=[test,tiny]"]
+    assert {"train/loss", "val/loss", "val/mse", "val/mae", "val/nrmse",
+            "test/loss", "test/mse", "test/mae", "test/nrmse"} <= set(res["metrics"])
+    assert res["run_dir"] == str(run.resolve()) and res["seed"] == 0 and res["package_version"]
+    # everything the run made is inside its run directory
+    assert {p.name for p in run.iterdir()} >= {".hydra", "config.yaml", "results.json", "checkpoints", "plots", "wandb"}
+    assert "${" not in (run / "config.yaml").read_text()
+    (best,) = run.glob("checkpoints/best-*.ckpt")
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "plots" / "test_forecast.png").read_bytes()[:4] == b"\x89PNG"
+    # one offline W&B run, in this run dir, recorded in results.json
+    wandb = res["wandb"]
+    (offline,) = run.glob("wandb/offline-run-*")
+    assert wandb["dir"] == str(offline) and (offline / f"run-{wandb['id']}.wandb").is_file()
+    assert wandb["group"] is None  # single run: no sweep group
+    # the checkpoint loads without unpickling code and carries the config eval.py rebuilds from
+    checkpoint = torch.load(best, weights_only=True)
+    assert checkpoint["run_config"]["data"]["length"] == 400
+
+    proc = run_script("eval.py", f"ckpt_path={best}", "logger=csv", "+trainer.limit_test_batches=2",
+                      "extras.print_config=false", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "test/nrmse" in proc.stdout
+    (eval_run,) = run_dirs(tmp_path, "eval")
+    evaluated = results(eval_run)
+    assert evaluated["status"] == "completed"
+    for key in ("test/loss", "test/mse", "test/mae", "test/nrmse"):  # same weights, same data: same numbers
+        assert evaluated["metrics"][key] == pytest.approx(res["metrics"][key], rel=1e-5), key
+    assert (eval_run / "csv" / "metrics.csv").is_file()
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("model.peephole=diagnol", ["model.peephole", "none, diagonal, full"]),
+        ("model.hidden_size=big", ["model.hidden_size", "could not be converted to Integer"]),
+    ],
+)
+def test_typos_exit_before_creating_a_run(tmp_path, override, expected):
+    proc = run_script("train.py", override, cwd=tmp_path)
+    assert proc.returncode != 0
+    for text in expected:
+        assert text in proc.stderr
+    assert not (tmp_path / "outputs").exists()  # no run dir, so certainly no checkpoint
+
+
+def test_eval_rejects_a_missing_checkpoint(tmp_path):
+    proc = run_script("eval.py", "ckpt_path=nowhere/last.ckpt", "logger=none", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "ckpt_path='nowhere/last.ckpt' does not exist" in proc.stderr
+    (run,) = run_dirs(tmp_path, "eval")
+    assert results(run)["status"] == "failed"
+    proc = run_script("eval.py", "logger=none", cwd=tmp_path)
+    assert proc.returncode != 0 and "ckpt_path" in proc.stderr
+
+
+def test_ddp_on_cpu_with_two_processes_makes_one_run(tmp_path):
+    proc = run_script("train.py", "trainer=ddp_cpu", "trainer.devices=2", "logger=csv", *TINY, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = run_dirs(tmp_path)  # rank 1 joined rank 0's run dir instead of making its own
+    assert (run / "ddp_rank1.log").exists()  # ... and really ran there
+    res = results(run)
+    assert res["status"] == "completed"
+    assert {"val/loss", "val/nrmse", "test/loss", "test/nrmse"} <= set(res["metrics"])
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert len(list(tmp_path.rglob("results.json"))) == 1
