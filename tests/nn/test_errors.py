@@ -102,6 +102,18 @@ def test_cell_input_and_state_shapes_are_checked():
         cell(torch.randn(2, 3), (torch.zeros(2, 4), torch.zeros(2, 4)))
 
 
+def test_cell_unbatched_state_shape_is_checked_as_unbatched():
+    cell = PeepholeLSTMCell(3, 4, proj_size=2)
+    expected = re.escape("unbatched input expects hx of shapes (2,) and (4,)")
+    with pytest.raises(ValueError, match=expected + r".*got \[5\] and \[4\]"):
+        cell(torch.randn(3), (torch.zeros(5), torch.zeros(4)))
+    with pytest.raises(ValueError, match=expected + r".*got \[1, 2\] and \[1, 4\]"):
+        cell(torch.randn(3), (torch.zeros(1, 2), torch.zeros(1, 4)))
+    scripted = torch.jit.script(cell)
+    with pytest.raises(Exception, match=expected):
+        scripted(torch.randn(3), (torch.zeros(5), torch.zeros(4)))
+
+
 def test_gate_recurrence_cell_points_to_step():
     with pytest.raises(RuntimeError, match=r"cell\.step"):
         PeepholeLSTMCell(3, 4, gate_recurrence=True)(torch.randn(2, 3))

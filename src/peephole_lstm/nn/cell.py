@@ -141,6 +141,12 @@ class PeepholeLSTMCell(nn.Module):
         else:
             h, c = hx
             if not batched:
+                # Checked before adding the batch axis, so the message shows the 1-D shapes the caller passes.
+                if h.shape != (hidden,) or c.shape != (self.hidden_size,):
+                    raise ValueError(
+                        f"PeepholeLSTMCell: unbatched input expects hx of shapes ({hidden},) and "
+                        f"({self.hidden_size},), got {list(h.shape)} and {list(c.shape)}"
+                    )
                 h, c = h.unsqueeze(0), c.unsqueeze(0)
             if h.shape != (x.shape[0], hidden) or c.shape != (x.shape[0], self.hidden_size):
                 raise ValueError(
