@@ -102,6 +102,7 @@ def test_cell_input_and_state_shapes_are_checked():
         cell(torch.randn(2, 3), (torch.zeros(2, 4), torch.zeros(2, 4)))
 
 
+@pytest.mark.filterwarnings(r"ignore:`torch\.jit\.script.*` is deprecated:DeprecationWarning")
 def test_cell_unbatched_state_shape_is_checked_as_unbatched():
     cell = PeepholeLSTMCell(3, 4, proj_size=2)
     expected = re.escape("unbatched input expects hx of shapes (2,) and (4,)")
