@@ -6,19 +6,31 @@ import pytest
 from conftest import CONF, FAST, compose_config, results
 from peephole_lstm.data import DataError
 from peephole_lstm.training import train
+from wandb_log import summary
 
-TASK_METRICS = {
-    "forecast": {"val/mse", "val/mae", "val/nrmse"},
-    "seq2seq": {"val/mse", "val/mae", "val/nrmse"},
+TASK_METRICS = {  # forecast and seq2seq share the regression metrics
+    "regression": {"val/mse", "val/mae", "val/nrmse"},
     "classify": {"val/acc"},
     "lm": {"val/bpc", "val/ppl"},
 }
-# Small data so a fast_dev_run builds in well under a second (sizes are each datamodule's own args).
-DATA_SIZES = {"mackey_glass": ["data.length=300"]}
+# Every datamodule and task; small sizes so each fast_dev_run builds in about a second.
+DATA_CASES = {
+    "mackey_glass": ["data=mackey_glass", "data.length=300"],
+    "sunspots": ["data=sunspots"],
+    "timing_msd": ["data=timing", "data.n_train=64", "data.n_val=32", "data.n_test=32"],
+    "timing_msd_per_step": ["data=timing", "data.msd_target=per_step", "data.n_train=64", "data.n_val=32",
+                            "data.n_test=32"],
+    "timing_gts": ["data=timing", "data.task=gts", "data.n_train=64", "data.n_val=32", "data.n_test=32"],
+    "timing_pfg": ["data=timing", "data.task=pfg", "data.n_train=64", "data.n_val=32", "data.n_test=32"],
+    "chars": ["data=chars", "data.max_chars=20000", "data.seq_len=32"],
+    "chars_stateful": ["data=chars", "data.stateful=true", "data.max_chars=20000", "data.seq_len=32",
+                       "data.batch_size=8"],
+}
 
 
-def datamodule_options() -> list[str]:
-    return sorted(p.stem for p in (CONF / "data").glob("*.yaml") if p.stem != "csv")  # csv: needs a path
+def test_every_datamodule_config_has_a_case():
+    covered = {case[0].split("=")[1] for case in DATA_CASES.values()} | {"csv"}  # sunspots is csv
+    assert {p.stem for p in (CONF / "data").glob("*.yaml")} <= covered
 
 
 def fit(tmp_path, *overrides):
@@ -27,15 +39,18 @@ def fit(tmp_path, *overrides):
     return cfg, value, results(tmp_path)
 
 
-@pytest.mark.parametrize("data", datamodule_options())
-def test_fast_dev_run_per_datamodule(tmp_path, data):
-    cfg, value, res = fit(tmp_path, f"data={data}", *DATA_SIZES.get(data, []))
+@pytest.mark.parametrize("case", sorted(DATA_CASES))
+def test_fast_dev_run_per_datamodule_and_task(tmp_path, case):
+    _, value, res = fit(tmp_path, *DATA_CASES[case])
     assert res["status"] == "completed" and res["error"] is None
     metrics = set(res["metrics"])
     assert {"train/loss", "val/loss", "test/loss"} <= metrics
-    assert any(TASK_METRICS[t] <= metrics for t in TASK_METRICS), metrics
+    (task,) = [t for t, names in TASK_METRICS.items() if names <= metrics]
+    assert {m.replace("val/", "test/") for m in TASK_METRICS[task]} <= metrics
     assert value == res["metrics"]["val/loss"]
     assert res["overrides"][:2] == ["logger=none", "debug=fdr"]
+    plots = list(tmp_path.glob("plots/test_*.png"))  # prediction plots for regression tasks only
+    assert len(plots) == 1 if task == "regression" else not plots
 
 
 @pytest.mark.parametrize("model", ["model.arch=peephole", "model.arch=lstm", "model.arch=gru", "model=bilstm",
@@ -59,3 +74,25 @@ def test_optimized_metric_is_returned_and_checked(tmp_path):
     assert value == res["metrics"]["test/nrmse"]
     with pytest.raises(ValueError, match="optimized_metric='val/acc' was not produced"):
         fit(tmp_path / "b", "data.length=300", "optimized_metric=val/acc")
+
+
+@pytest.mark.parametrize("logger, files", [("csv", "csv/metrics.csv"), ("tensorboard", "tensorboard/events.out.tfevents.*")])
+def test_file_loggers_write_into_the_run_dir(tmp_path, logger, files):
+    cfg = compose_config("train", [f"logger={logger}", *FAST, "data.length=300"], output_dir=tmp_path)
+    train(cfg)
+    assert list(tmp_path.glob(files)), sorted(p.name for p in tmp_path.rglob("*"))
+    assert results(tmp_path)["wandb"] is None
+
+
+def test_a_failing_job_ends_its_wandb_run_as_failed(tmp_path):
+    # Adam rejects the NaN learning rate inside fit, after the W&B run has started.
+    cfg = compose_config("train", ["logger=wandb", *FAST, "data.length=300", "model.lr=nan"], output_dir=tmp_path)
+    with pytest.raises(ValueError, match="learning rate"):
+        train(cfg)
+    res = results(tmp_path)
+    assert res["status"] == "failed" and "learning rate" in res["error"]
+    (run_file,) = tmp_path.glob(f"wandb/offline-run-*/run-{res['wandb']['id']}.wandb")
+    assert summary(run_file)["exit_code"] == 1
+    import wandb
+
+    assert wandb.run is None  # finished: nothing leaks into the next job of a multirun

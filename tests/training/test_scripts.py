@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import FAST, results, run_dirs, run_script
+from wandb_log import summary
 
 TINY = [*FAST, "trainer.max_epochs=2", "+trainer.limit_train_batches=3", "data.length=400"]
 TINY = [o for o in TINY if o not in ("trainer.max_epochs=1", "+trainer.limit_train_batches=2")]
@@ -32,6 +33,14 @@ def test_train_then_eval_on_the_checkpoint(tmp_path):
     (offline,) = run.glob("wandb/offline-run-*")
     assert wandb["dir"] == str(offline) and (offline / f"run-{wandb['id']}.wandb").is_file()
     assert wandb["group"] is None  # single run: no sweep group
+    logged = summary(offline / f"run-{wandb['id']}.wandb")
+    assert logged["exit_code"] == 0 and logged["run"].job_type == "train"
+    assert list(logged["run"].tags) == ["test", "tiny"] and logged["run"].run_group == ""
+    assert logged["config"]["model"]["peephole"] == "diagonal"  # the nested, resolved config
+    assert logged["config"]["data"]["length"] == 400
+    assert {"train/loss", "val/loss", "val/nrmse", "test/nrmse"} <= logged["history_keys"]
+    assert logged["summary"]["test/nrmse"] == pytest.approx(res["metrics"]["test/nrmse"])
+    assert "plots/test_forecast/_type" in logged["summary"]  # the forecast plot as a W&B image
     # the checkpoint loads without unpickling code and carries the config eval.py rebuilds from
     checkpoint = torch.load(best, weights_only=True)
     assert checkpoint["run_config"]["data"]["length"] == 400

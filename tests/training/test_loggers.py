@@ -1,0 +1,45 @@
+"""W&B mode selection: offline without credentials, online with them, WANDB_MODE and the config win."""
+from __future__ import annotations
+
+import pytest
+
+from peephole_lstm.training.loggers import resolve_wandb_mode, wandb_has_credentials
+
+
+@pytest.fixture
+def no_credentials(monkeypatch, tmp_path):
+    for var in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))  # does not exist yet
+    return tmp_path / "netrc"
+
+
+def test_offline_without_credentials(no_credentials):
+    assert not wandb_has_credentials()
+    assert resolve_wandb_mode(None) == "offline"
+
+
+def test_online_with_an_api_key_or_a_netrc_entry(no_credentials, monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert resolve_wandb_mode(None) == "online"
+    monkeypatch.delenv("WANDB_API_KEY")
+    no_credentials.write_text("machine example.org login a password b\n")
+    assert resolve_wandb_mode(None) == "offline"  # an entry for another host is not a W&B login
+    no_credentials.write_text("machine api.wandb.ai login user password " + "k" * 40 + "\n")
+    assert resolve_wandb_mode(None) == "online"
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.mycompany.com")  # self-hosted server
+    assert resolve_wandb_mode(None) == "offline"
+
+
+def test_wandb_mode_env_and_config_take_precedence(no_credentials, monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert resolve_wandb_mode(None) == "offline"
+    assert resolve_wandb_mode("disabled") == "disabled"
+    monkeypatch.setenv("WANDB_MODE", "dryrun")
+    assert resolve_wandb_mode(None) == "offline"
+
+
+def test_invalid_mode_lists_the_allowed_values(no_credentials):
+    with pytest.raises(ValueError, match="logger.wandb.mode='onlin' is not valid; allowed values: null"):
+        resolve_wandb_mode("onlin")
