@@ -2,13 +2,15 @@
 import hydra
 from omegaconf import DictConfig
 
-from peephole_lstm.training import evaluate, register_configs
+from peephole_lstm.training.schema import register_configs
 
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig):
+    from peephole_lstm.training.run import evaluate  # Lightning, W&B: loaded once the config is valid
+
     return evaluate(cfg)
 
 

@@ -6,13 +6,15 @@ rewrite_child_argv()  # DDP ranks > 0 join rank 0's job; must run before Hydra p
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from peephole_lstm.training import register_configs, train  # noqa: E402
+from peephole_lstm.training.schema import register_configs  # noqa: E402
 
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig):
+    from peephole_lstm.training.run import train  # Lightning, W&B: loaded once the config is valid
+
     return train(cfg)
 
 
