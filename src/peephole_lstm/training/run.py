@@ -14,9 +14,10 @@ import hydra.utils
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from peephole_lstm.training import ddp
+from peephole_lstm.training.checkpointing import AtomicCheckpointIO, load_file, prepare_resume
 from peephole_lstm.training.checks import ConfigError, check_schema_keys, check_targets
 from peephole_lstm.training.loggers import finish_wandb, wandb_info
 from peephole_lstm.training.module import SequenceModel, recurrent_network
@@ -73,7 +74,8 @@ def _instantiate_all(node: Optional[DictConfig]) -> list:
 def _trainer(cfg: DictConfig, job: _Job) -> pl.Trainer:
     callbacks = _instantiate_all(cfg.callbacks)
     job.loggers = _instantiate_all(cfg.logger)
-    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=job.loggers or False)
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=job.loggers or False,
+                                      plugins=[AtomicCheckpointIO()])  # kill-safe saves, weights_only loads
     if trainer.is_global_zero:
         job.wandb = wandb_info(job.loggers)
     for logger in job.loggers:
@@ -99,6 +101,7 @@ def _fit(cfg: DictConfig, job: _Job) -> None:
     if cfg.model.scheduler:
         check_targets(cfg.model.scheduler, "model.scheduler")
     recurrent_network(model_cfg, input_size=1)  # model options fail here, before any data is loaded
+    resume = prepare_resume(cfg, resolved(cfg))  # ckpt_path: resolves `last`, checks the file and its config
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule = hydra.utils.instantiate(cfg.data)
@@ -106,6 +109,8 @@ def _fit(cfg: DictConfig, job: _Job) -> None:
     model = SequenceModel(spec=spec, model=model_cfg)
     model.run_config = resolved(cfg)
     trainer = _trainer(cfg, job)
+    if resume:
+        resume.restore_logs(trainer.loggers)
 
     if cfg.train:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
@@ -133,14 +138,7 @@ def train(cfg: DictConfig) -> Optional[float]:
 def load_checkpoint(path: str | Path) -> dict:
     """A checkpoint written by train.py, loaded without executing code from the file (weights_only)."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"ckpt_path={str(path)!r} does not exist")
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path={str(path)!r} is not a file")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ConfigError(f"ckpt_path={str(path)!r} is not a readable checkpoint: {type(e).__name__}: {e}") from e
+    checkpoint = load_file(path)
     if not isinstance(checkpoint, dict) or "run_config" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise ConfigError(f"ckpt_path={str(path)!r} is not a checkpoint written by train.py (no run_config)")
     return checkpoint
@@ -148,6 +146,8 @@ def load_checkpoint(path: str | Path) -> dict:
 
 def _evaluate(cfg: DictConfig, job: _Job) -> None:
     check_schema_keys(cfg, EvalConfig)
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
+        raise ConfigError("ckpt_path is required: python eval.py ckpt_path=<run dir>/checkpoints/last.ckpt")
     _check_config(cfg, ("trainer", "callbacks", "logger"))
     checkpoint = load_checkpoint(cfg.ckpt_path)
     pl.seed_everything(cfg.seed, workers=True)
