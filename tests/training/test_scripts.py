@@ -79,7 +79,7 @@ def test_eval_rejects_a_missing_checkpoint(tmp_path):
     (run,) = run_dirs(tmp_path, "eval")
     assert results(run)["status"] == "failed"
     proc = run_script("eval.py", "logger=none", cwd=tmp_path)
-    assert proc.returncode != 0 and "ckpt_path" in proc.stderr
+    assert proc.returncode != 0 and "ckpt_path is required" in proc.stderr
 
 
 def test_ddp_on_cpu_with_two_processes_makes_one_run(tmp_path):
