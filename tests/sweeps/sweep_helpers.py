@@ -18,12 +18,13 @@ TINY = [
 ]
 
 
-def run_train(*overrides: str, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`python train.py overrides...` in `cwd`, W&B offline, its sweep dir at cwd/sweep."""
+def run_train(*overrides: str, cwd: Path, env: dict | None = None, timeout: float = 300,
+              sweep_dir: bool = True) -> subprocess.CompletedProcess:
+    """`python train.py overrides...` in `cwd`, W&B offline, its sweep dir at cwd/sweep (else Hydra's default)."""
     full_env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1", **(env or {})}
     for var in ("LOCAL_RANK", "WANDB_API_KEY", "PEEPHOLE_LSTM_DDP_JOB"):
         full_env.pop(var, None)
-    cmd = [sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.sweep.dir={cwd / 'sweep'}"]
+    cmd = [sys.executable, str(ROOT / "train.py"), *overrides] + ([f"hydra.sweep.dir={cwd / 'sweep'}"] if sweep_dir else [])
     return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -1,18 +1,20 @@
-"""Sweep reports: read a Hydra multirun dir (or W&B runs), aggregate per variant across seeds, plot."""
-from peephole_lstm.sweeps.aggregate import Variant, default_mode, group_jobs, metric_stats, summarize
-from peephole_lstm.sweeps.jobs import Job, discover_jobs, jobs_from_runs, read_job
-from peephole_lstm.sweeps.report import Report, write_report
+"""Sweeps: reports on a Hydra multirun dir (or W&B runs) per variant across seeds, and job resume.
 
-__all__ = [
-    "Job",
-    "Report",
-    "Variant",
-    "default_mode",
-    "discover_jobs",
-    "group_jobs",
-    "jobs_from_runs",
-    "metric_stats",
-    "read_job",
-    "summarize",
-    "write_report",
-]
+Names are imported on first use: Hydra imports the launcher plugin (and so this package) at every
+`train.py` start, which must not pay for pandas and matplotlib.
+"""
+from importlib import import_module
+
+_EXPORTS = {
+    "Job": "jobs", "discover_jobs": "jobs", "jobs_from_runs": "jobs", "read_job": "jobs",
+    "Variant": "aggregate", "default_mode": "aggregate", "group_jobs": "aggregate",
+    "metric_stats": "aggregate", "summarize": "aggregate",
+    "Report": "report", "write_report": "report",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -21,6 +21,8 @@ INVALID = "invalid"  # results.json exists but cannot be read
 RUNNING = "running"  # W&B only: the run has not finished yet
 
 SEED_KEY = "seed"
+# Overrides a requeued job gains to resume (peephole_lstm.sweeps.launcher); they do not change its variant.
+RESUME_KEYS = ("ckpt_path",)
 
 
 @dataclass
@@ -45,8 +47,8 @@ def split_override(override: str) -> tuple[str, str]:
 
 
 def variant_overrides(job: Job) -> tuple[str, ...]:
-    """What identifies a job's variant: its overrides without the seed, in a canonical order."""
-    kept = (o for o in job.overrides if split_override(o)[0] != SEED_KEY)
+    """What identifies a job's variant: its overrides without the seed (and resume keys), canonically ordered."""
+    kept = (o for o in job.overrides if split_override(o)[0] not in (SEED_KEY, *RESUME_KEYS))
     return tuple(sorted(kept, key=lambda o: split_override(o)[0]))
 
 

@@ -1,0 +1,84 @@
+"""DDP inside a multirun, and the submitit launcher with a real preemption, requeue and resume."""
+from __future__ import annotations
+
+import textwrap
+
+import torch
+
+from peephole_lstm.sweeps import discover_jobs, group_jobs
+from peephole_lstm.sweeps.launcher import resume_overrides
+from sweep_helpers import TINY, explain, job_dirs, results, run_train
+from wandb_files import offline_runs
+
+
+def test_ddp_cpu_inside_multirun_gives_one_run_dir_and_one_wandb_run_per_job(tmp_path):
+    proc = run_train("-m", "trainer=ddp_cpu", "trainer.devices=2", "model.peephole=none,full", *TINY, cwd=tmp_path)
+    assert proc.returncode == 0, explain(proc)
+    # rank 1 of each job joins rank 0's run dir: no extra job dirs, no outputs/ of its own
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]
+    jobs = job_dirs(tmp_path / "sweep")
+    assert [j.name for j in jobs] == ["0", "1"]
+    for job, peephole in zip(jobs, ["none", "full"]):
+        res = results(job)
+        assert res["status"] == "completed", res["error"]
+        assert f"model.peephole={peephole}" in res["overrides"]
+        (run,) = offline_runs(job)  # rank 1 created no W&B run
+        assert run.run_id == res["wandb"]["id"] and run.exit_code == 0
+        assert "test/nrmse" in run.summary
+    assert len({results(j)["wandb"]["id"] for j in jobs}) == 2
+
+
+PREEMPT = textwrap.dedent('''
+    """Preempts its job once, as SLURM would: the requeue signal once the first epoch is checkpointed."""
+    import os
+    import signal
+    from pathlib import Path
+
+    from lightning.pytorch.callbacks import Callback
+
+
+    class PreemptOnce(Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            marker = Path(trainer.default_root_dir) / "preempted_at_epoch"
+            if trainer.current_epoch >= 1 and not marker.exists():
+                marker.write_text(str(trainer.current_epoch))
+                os.kill(os.getpid(), signal.SIGUSR2)  # submitit's preemption/timeout signal
+''')
+
+
+def test_submitit_local_multirun_requeues_a_preempted_job_and_resumes_from_last_ckpt(tmp_path):
+    (tmp_path / "preempt_once.py").write_text(PREEMPT)
+    proc = run_train(
+        "-m", "hydra/launcher=submitit_local", "model.peephole=none,full", *TINY, "trainer.max_epochs=2",
+        "+callbacks.preempt._target_=preempt_once.PreemptOnce",
+        cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)}, sweep_dir=False,  # Hydra's timestamped sweep dir
+    )
+    assert proc.returncode == 0, explain(proc)
+    (sweep,) = tmp_path.glob("multirun/*/*")
+    jobs = job_dirs(sweep)
+    assert [j.name for j in jobs] == ["0", "1"]  # the requeued jobs came back to their own run dirs
+    submitit_logs = "".join(p.read_text() for p in (sweep / ".submitit").glob("*/*_log.err"))
+    for job in jobs:
+        res = results(job)
+        assert res["status"] == "completed", res["error"]
+        assert (job / "preempted_at_epoch").read_text() == "1"
+        last = job / "checkpoints" / "last.ckpt"
+        assert "ckpt_path=last" in res["overrides"]  # added by the launcher on requeue
+        assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 1  # both epochs done
+        assert f"Restoring states from the checkpoint path at {last.resolve()}" in submitit_logs  # resumed
+        runs = offline_runs(job)
+        assert len(runs) == 2  # the interrupted attempt and the resumed one ...
+        assert {r.run_id for r in runs} == {res["wandb"]["id"]}  # ... are one W&B run
+        assert [r.exit_code for r in runs] == [1, 0]
+    # the resume override does not split a job from its variant in the report
+    variants, varying = group_jobs(discover_jobs(sweep))
+    assert [v.label for v in variants] == ["model.peephole=none", "model.peephole=full"] and varying == ["model.peephole"]
+
+
+def test_resume_override_only_once_a_last_checkpoint_exists(tmp_path):
+    overrides = ["model.peephole=full", "ckpt_path=/elsewhere/x.ckpt", "seed=1"]
+    assert resume_overrides(overrides, str(tmp_path)) == overrides  # nothing to resume yet: restart as submitted
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert resume_overrides(overrides, str(tmp_path)) == ["model.peephole=full", "seed=1", "ckpt_path=last"]
+    assert resume_overrides(overrides, None) == overrides
