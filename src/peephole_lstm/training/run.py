@@ -146,8 +146,6 @@ def load_checkpoint(path: str | Path) -> dict:
 
 def _evaluate(cfg: DictConfig, job: _Job) -> None:
     check_schema_keys(cfg, EvalConfig)
-    if OmegaConf.is_missing(cfg, "ckpt_path"):
-        raise ConfigError("ckpt_path is required: python eval.py ckpt_path=<run dir>/checkpoints/last.ckpt")
     _check_config(cfg, ("trainer", "callbacks", "logger"))
     checkpoint = load_checkpoint(cfg.ckpt_path)
     pl.seed_everything(cfg.seed, workers=True)
@@ -167,4 +165,6 @@ def _evaluate(cfg: DictConfig, job: _Job) -> None:
 
 def evaluate(cfg: DictConfig) -> dict:
     """Test the checkpoint `cfg.ckpt_path` on its data's test split; returns the test metrics."""
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
+        raise ConfigError("ckpt_path is required: python eval.py ckpt_path=<run dir>/checkpoints/last.ckpt")
     return _run_job(cfg, _evaluate)
