@@ -1,13 +1,20 @@
 """DDP inside a multirun, and the submitit launcher with a real preemption, requeue and resume."""
 from __future__ import annotations
 
+import os
 import textwrap
 
+import submitit
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from omegaconf import OmegaConf
 
 from peephole_lstm.sweeps import discover_jobs, group_jobs
 from peephole_lstm.sweeps.launcher import resume_overrides
-from sweep_helpers import TINY, explain, job_dirs, results, run_train
+from peephole_lstm.training import register_configs
+from sweep_helpers import ROOT, TINY, explain, job_dirs, results, run_train
 from wandb_files import offline_runs
 
 
@@ -82,3 +89,30 @@ def test_resume_override_only_once_a_last_checkpoint_exists(tmp_path):
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
     assert resume_overrides(overrides, str(tmp_path)) == ["model.peephole=full", "seed=1", "ckpt_path=last"]
     assert resume_overrides(overrides, None) == overrides
+
+
+def test_slurm_launcher_config_gives_one_task_and_gpu_per_device_and_a_requeue_signal(tmp_path, monkeypatch):
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("train", return_hydra_config=True, overrides=[
+                "hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "hydra.launcher.partition=gpu",
+                f"hydra.sweep.dir={tmp_path}"])
+    finally:
+        GlobalHydra.instance().clear()
+    params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert params.pop("_target_") == "hydra_plugins.peephole_lstm_launcher.ResumingSlurmLauncher"
+    # submitit refuses to build a SLURM executor without srun on PATH; this one is never run
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (tmp_path / "bin" / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    # the parameter mapping of hydra_submitit_launcher's BaseSubmititLauncher.launch
+    executor = submitit.AutoExecutor(cluster="slurm", folder=params.pop("submitit_folder"),
+                                     slurm_max_num_timeout=params.pop("max_num_timeout"))
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
+    sbatch = executor._executor._make_submission_file_text("python -m submitit.core._submit x", "uid")
+    for line in ["--gpus-per-node=4", "--ntasks-per-node=4", "--partition=gpu", "--signal=USR2@120", "--time=240"]:
+        assert f"#SBATCH {line}\n" in sbatch

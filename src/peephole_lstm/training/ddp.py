@@ -25,6 +25,12 @@ def is_child_rank() -> bool:
     return JOB_ENV in os.environ and os.environ.get("LOCAL_RANK", "0") != "0"
 
 
+def is_extra_rank() -> bool:
+    """True in any rank > 0 of a job: one Lightning launched, or an extra SLURM task (with
+    hydra/launcher=slurm, tasks_per_node = trainer.devices: SLURM starts every rank of the job itself)."""
+    return is_child_rank() or os.environ.get("SLURM_PROCID", "0") not in ("", "0")
+
+
 def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 

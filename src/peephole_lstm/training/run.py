@@ -39,7 +39,7 @@ class _Job:
 def _run_job(cfg: DictConfig, body: Callable[[DictConfig, _Job], None]) -> dict:
     """Run `body` as one job: config tree, resolved config, results.json and the W&B run's end."""
     run_dir = cfg.paths.output_dir
-    child = ddp.is_child_rank()
+    child = ddp.is_extra_rank()  # ranks > 0 write no results and print nothing
     if cfg.extras.ignore_warnings:
         warnings.filterwarnings("ignore")
     if cfg.extras.torch_threads:
