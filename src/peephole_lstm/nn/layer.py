@@ -12,6 +12,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from peephole_lstm.nn.cell import INPUT_WEIGHTS, STEP_WEIGHTS, make_parameters, reset_parameters, step_flags
 from peephole_lstm.nn.functional import input_projection, lstm_sequence, lstm_step, reverse_padded
+from peephole_lstm.nn import fused
 from peephole_lstm.nn.options import BACKENDS, CellOptions, _choice, _flag, _size
 
 
@@ -22,7 +23,8 @@ def _step_function(backend: str):
     if backend == "script":
         return torch.jit.script(lstm_step)
     if backend == "compile":
-        return torch.compile(lstm_step, fullgraph=True)
+        # dynamic=True: one graph for every batch size (the step never sees the sequence length).
+        return torch.compile(lstm_step, fullgraph=True, dynamic=True)
     return lstm_step
 
 
@@ -73,6 +75,8 @@ class PeepholeLSTM(nn.Module):
                 "as in nn.LSTM"
             )
         self.backend = _choice("backend", backend, BACKENDS)
+        self.last_path: Optional[str] = None  # the implementation the last forward ran (see _path)
+        self._warned: set = set()
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional, self.proj_size = bidirectional, proj_size
@@ -116,6 +120,8 @@ class PeepholeLSTM(nn.Module):
         o = self.options[0]
         s = f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, peephole={o.peephole!r}"
         s += f", blocks={o.blocks!r}, backend={self.backend!r}"
+        if self.last_path is not None:
+            s += f", last_path={self.last_path!r}"
         if self.proj_size:
             s += f", proj_size={self.proj_size}"
         if self.batch_first:
@@ -158,6 +164,23 @@ class PeepholeLSTM(nn.Module):
             )
         return h0, c0
 
+    def _path(self, opts: CellOptions, device: torch.device) -> str:
+        """Which implementation runs a layer: "fused-cpp" / "fused-torch" (see nn/fused.py), "eager",
+        "script" or "compile", with the reason in parentheses when the fused path was not taken."""
+        if self.backend not in ("auto", "fused"):
+            return self.backend
+        if torch.compiler.is_compiling():
+            # torch.compile / torch.export trace the plain ops; the custom kernel is opaque to them.
+            return "eager (tracing)"
+        reason = fused.unsupported(opts, self.training)
+        if reason is None:
+            return fused.kernel_name(device)
+        if self.backend == "fused" and reason not in self._warned:
+            self._warned.add(reason)
+            warnings.warn(f"PeepholeLSTM(backend='fused'): {reason} is not supported by the fused kernel; "
+                          "running the eager per-step loop for it")
+        return f"eager ({reason})"
+
     def forward(self, input, hx: Optional[Tuple[Tensor, Tensor]] = None):
         lengths = None
         if isinstance(input, PackedSequence):
@@ -179,9 +202,11 @@ class PeepholeLSTM(nn.Module):
         if lengths is not None:
             lengths = lengths.to(x.device)
 
-        step = _step_function("eager" if self.backend == "auto" else self.backend)
-        h_n, c_n = [], []
+        h_n, c_n, paths = [], [], []
         for layer, opts in enumerate(self.options):
+            path = self._path(opts, x.device)
+            paths.append(path)
+            step = _step_function("eager" if path.startswith(("fused", "eager")) else path)
             flags = step_flags(opts, self.training)
             gates0 = x.new_zeros(x.shape[1], len(opts.gate_names) * opts.hidden_size if opts.gate_recurrence else 0)
             outputs = []
@@ -190,9 +215,11 @@ class PeepholeLSTM(nn.Module):
                 xz = input_projection(x, *self._weights(INPUT_WEIGHTS, layer, direction))
                 if direction:
                     xz = reverse_padded(xz, lengths)
-                out, h, c, _ = lstm_sequence(
-                    step, xz, h0[j], c0[j], gates0, lengths, self._weights(STEP_WEIGHTS, layer, direction), flags
-                )
+                weights = self._weights(STEP_WEIGHTS, layer, direction)
+                if path.startswith("fused"):
+                    out, h, c = fused.fused_sequence(xz, h0[j], c0[j], lengths, weights, opts)
+                else:
+                    out, h, c, _ = lstm_sequence(step, xz, h0[j], c0[j], gates0, lengths, weights, flags)
                 outputs.append(reverse_padded(out, lengths) if direction else out)
                 h_n.append(h)
                 c_n.append(c)
@@ -200,6 +227,8 @@ class PeepholeLSTM(nn.Module):
             if self.dropout and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, training=True)
 
+        if not torch.compiler.is_compiling():
+            self.last_path = paths[0] if len(set(paths)) == 1 else ", ".join(paths)
         h_n, c_n = torch.stack(h_n), torch.stack(c_n)
         if lengths is not None:
             return _repack(x, packed), (h_n, c_n)

@@ -1,0 +1,38 @@
+"""Builds the optional C++ kernel of the fused backend (peephole_lstm.nn._fused_cpu) at install time.
+
+Metadata lives in pyproject.toml. The extension needs torch at build time, so install with
+`pip install --no-build-isolation -e .` after torch. If it cannot be built (no compiler, no torch, or
+PEEPHOLE_LSTM_NO_EXTENSION=1) the package still installs and the fused backend runs its pure-PyTorch
+path; `peephole_lstm.nn.fused.extension_available()` tells which one you have.
+"""
+import os
+import platform
+import sys
+
+from setuptools import setup
+
+
+def extensions():
+    if os.environ.get("PEEPHOLE_LSTM_NO_EXTENSION") == "1":
+        return {}, []
+    try:
+        from torch.utils.cpp_extension import BuildExtension, CppExtension
+    except ImportError:
+        print("peephole-lstm: torch not importable at build time; installing without the C++ kernel "
+              "(use `pip install --no-build-isolation` after installing torch)", file=sys.stderr)
+        return {}, []
+    args = ["-O3", "-fno-math-errno", "-fno-trapping-math"]
+    # The kernel is compiled for the machine that installs it (a source install); set
+    # PEEPHOLE_LSTM_PORTABLE=1 to build a binary that runs on any x86-64/arm64 CPU.
+    if os.environ.get("PEEPHOLE_LSTM_PORTABLE") != "1" and platform.machine() in ("x86_64", "AMD64"):
+        args.append("-march=native")
+    ext = CppExtension(
+        "peephole_lstm.nn._fused_cpu",
+        ["src/peephole_lstm/nn/csrc/fused_lstm.cpp"],
+        extra_compile_args=args,
+    )
+    return {"build_ext": BuildExtension}, [ext]
+
+
+cmdclass, ext_modules = extensions()
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

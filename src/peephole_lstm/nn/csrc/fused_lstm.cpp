@@ -1,0 +1,493 @@
+// Whole-sequence peephole LSTM for CPU tensors: forward and hand-written BPTT backward.
+//
+// The math is the one in peephole_lstm/nn/functional.py (lstm_step); fused.py holds the same algorithm
+// in plain PyTorch for CUDA tensors and for installs without this extension, and tests compare both
+// with the eager loop. Per time step there is one recurrent GEMM (at::mm into a preallocated buffer)
+// and one or two hand-written pointwise loops that compute every gate at once. The input projection
+// and the weight gradients are not done here: the caller projects all steps in one GEMM beforehand,
+// and the backward returns dZ for all steps, so dW_hh, dW_hr and the full-peephole gradients are each
+// one big GEMM after the loop (M = T*B instead of B).
+#include <torch/extension.h>
+
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace {
+
+// exp for float in plain arithmetic (Cephes polynomial, ~2 ulp), so the gate loops vectorise: a scalar
+// libm call per element would cost more than the whole recurrent GEMM at the medium shape.
+inline float exp_approx(float x) {
+  x = std::min(std::max(x, -87.3f), 88.3f);
+  const float t = x * 1.44269504088896341f + 12582912.0f;  // round(x / ln 2) in the low mantissa bits
+  const float n = t - 12582912.0f;
+  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float y = p * r * r + r + 1.0f;
+  int32_t ti;
+  std::memcpy(&ti, &t, sizeof ti);
+  const int32_t bits = (ti - 0x4B400000 + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return y * scale;
+}
+
+inline float sigmoid(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
+inline float tanh_(float x) { return 1.0f - 2.0f / (exp_approx(2.0f * x) + 1.0f); }
+inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+inline double tanh_(double x) { return std::tanh(x); }
+
+// Static layout and flags, decoded once from the Python side's tuple.
+struct Config {
+  int64_t bi, bf, bg, bo;  // gate block index in the stacked G*H columns, -1 when absent
+  int64_t pi, pf, po;      // peephole row of weight_ch, -1 when absent
+  bool full, current, coupled, act_in, act_out;
+  double clip, zoneout;
+  // Full peepholes: which of i, f, o read c_{t-1} through one stacked GEMM, and their slot in it.
+  int64_t si = -1, sf = -1, so = -1, n_prev = 0;
+  bool o_full_current() const { return full && bo >= 0 && po >= 0 && current; }
+  bool need_cn() const { return clip > 0 || zoneout > 0; }
+};
+
+Config make_config(const std::vector<int64_t>& idx, const std::vector<bool>& flags, double clip, double zoneout) {
+  TORCH_CHECK(idx.size() == 7 && flags.size() == 5, "fused_lstm: bad layout");
+  Config k{idx[0], idx[1], idx[2], idx[3], idx[4], idx[5], idx[6],
+           flags[0], flags[1], flags[2], flags[3], flags[4], clip, zoneout};
+  if (k.full) {
+    if (k.bi >= 0 && k.pi >= 0) k.si = k.n_prev++;
+    if (k.bf >= 0 && k.pf >= 0) k.sf = k.n_prev++;
+    if (k.bo >= 0 && k.po >= 0 && !k.current) k.so = k.n_prev++;
+  }
+  return k;
+}
+
+// Rows of weight_ch (P, H, H) for the gates that peek at c_{t-1}, stacked to (n_prev*H, H).
+at::Tensor stacked_prev_peepholes(const Config& k, const at::Tensor& w_ch) {
+  std::vector<at::Tensor> rows;
+  if (k.si >= 0) rows.push_back(w_ch[k.pi]);
+  if (k.sf >= 0) rows.push_back(w_ch[k.pf]);
+  if (k.so >= 0) rows.push_back(w_ch[k.po]);
+  return at::cat(rows, 0).contiguous();
+}
+
+template <typename F>
+void for_rows(int64_t rows, int64_t cols, const F& f) {
+  // Small steps run inline: waking the thread pool costs more than the loop.
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1));
+  at::parallel_for(0, rows, grain, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) f(b);
+  });
+}
+
+// The pointwise loops below are written one simple loop per gate, without branches inside, so that
+// the compiler vectorises them; absent gates read a row of ones and write to a scratch row instead.
+
+// dst = sigmoid(x + z + peephole), the peephole being a full-GEMM row `pf`, a diagonal row `w` times
+// the cell `cell`, or nothing.
+template <typename S, typename A>
+void sigmoid_gate(int64_t H, S* __restrict__ dst, const S* __restrict__ x, const S* __restrict__ z,
+                  const S* __restrict__ pf, const S* __restrict__ w, const S* __restrict__ cell) {
+  if (pf) {
+    for (int64_t j = 0; j < H; ++j) dst[j] = sigmoid(A(x[j]) + A(z[j]) + A(pf[j]));
+  } else if (w) {
+    for (int64_t j = 0; j < H; ++j) dst[j] = sigmoid(A(x[j]) + A(z[j]) + A(w[j]) * A(cell[j]));
+  } else {
+    for (int64_t j = 0; j < H; ++j) dst[j] = sigmoid(A(x[j]) + A(z[j]));
+  }
+}
+
+template <typename S, typename A>
+void output_row(int64_t H, bool act_out, const S* __restrict__ o, const S* __restrict__ c, S* __restrict__ r) {
+  if (act_out) {
+    for (int64_t j = 0; j < H; ++j) r[j] = A(o[j]) * tanh_(A(c[j]));
+  } else {
+    for (int64_t j = 0; j < H; ++j) r[j] = A(o[j]) * A(c[j]);
+  }
+}
+
+// Backward of the output gate: dz_o, and dc_t up to (not through) the clip, from dr = dL/d(o * act(c)).
+template <typename S, typename A>
+void output_grad_row(int64_t H, bool act_out, A clip, const S* __restrict__ cnew, const S* __restrict__ d,
+                     const S* __restrict__ dcn, const S* __restrict__ o, const S* __restrict__ wpo,
+                     S* __restrict__ dzo, S* __restrict__ dct) {
+  for (int64_t j = 0; j < H; ++j) {
+    const A c0 = cnew[j];
+    const A lo = c0 < -clip ? -clip : c0;
+    const A c = lo > clip ? clip : lo;
+    const A th = tanh_(c);  // computed either way: a select vectorises, a branch does not
+    const A ac = act_out ? th : c;
+    const A dac = act_out ? 1 - th * th : A(1);
+    const A go = o[j];
+    const A dz = A(d[j]) * ac * go * (1 - go);
+    dzo[j] = dz;
+    dct[j] = A(dcn[j]) + A(d[j]) * go * dac + dz * A(wpo[j]);
+  }
+}
+
+// Backward of the cell update and the i, f, g gates; dcx = dL/dc_{t-1} (diagonal peepholes included).
+template <typename S, typename A>
+void cell_grad_row(int64_t H, bool coupled, bool act_in, A clip, const S* __restrict__ F, const S* __restrict__ I,
+                   const S* __restrict__ G, const S* __restrict__ c_old, const S* __restrict__ cnew,
+                   const S* __restrict__ dct, const S* __restrict__ dck, const S* __restrict__ dzo,
+                   const S* __restrict__ wpi, const S* __restrict__ wpf, const S* __restrict__ wpo,
+                   S* __restrict__ dzi, S* __restrict__ dzf, S* __restrict__ dzg, S* __restrict__ dcx) {
+  for (int64_t j = 0; j < H; ++j) {
+    const A cpre = cnew[j];
+    const A g0 = cpre < -clip ? A(0) : A(dct[j]);
+    const A g = cpre > clip ? A(0) : g0;
+    const A f = F[j];
+    const A i = coupled ? 1 - f : A(I[j]);
+    const A gg = G[j];
+    const A di = g * gg;
+    const A df = g * A(c_old[j]) - (coupled ? di : A(0));
+    const A zi = di * i * (1 - i);
+    const A zf = df * f * (1 - f);
+    dzg[j] = act_in ? g * i * (1 - gg * gg) : g * i;
+    dzi[j] = zi;
+    dzf[j] = zf;
+    dcx[j] = g * f + A(dck[j]);
+  }
+  // A separate pass: with these three terms in the loop above GCC 12 gives up vectorising it.
+  for (int64_t j = 0; j < H; ++j) dcx[j] = A(dcx[j]) + A(dzi[j]) * A(wpi[j]) + A(dzf[j]) * A(wpf[j]) + A(dzo[j]) * A(wpo[j]);
+}
+
+template <typename scalar_t>
+std::vector<at::Tensor> forward_impl(const Config& k, const at::Tensor& xz, const at::Tensor& h0,
+                                     const at::Tensor& c0, const at::Tensor& w_hh, const at::Tensor& w_ch,
+                                     const at::Tensor& w_hr, const at::Tensor& lengths) {
+  using S = scalar_t;
+  using A = at::opmath_type<scalar_t>;
+  const int64_t T = xz.size(0), B = xz.size(1), GH = xz.size(2), H = c0.size(1), P = h0.size(1);
+  const bool proj = w_hr.defined(), masked = lengths.defined();
+  const A z = static_cast<A>(k.zoneout);
+  const A clip = k.clip > 0 ? static_cast<A>(k.clip) : std::numeric_limits<A>::infinity();
+  auto opt = xz.options();
+
+  auto hs = at::empty({T + 1, B, P}, opt);
+  auto cs = at::empty({T + 1, B, H}, opt);
+  auto acts = at::empty({T, B, GH}, opt);
+  auto cn = k.need_cn() ? at::empty({T, B, H}, opt) : at::Tensor();
+  auto rs = proj ? at::empty({T, B, H}, opt) : at::Tensor();
+  auto out = masked ? at::empty({T, B, P}, opt) : hs.narrow(0, 1, T);
+  hs[0].copy_(h0);
+  cs[0].copy_(c0);
+
+  auto w_hh_t = w_hh.t();
+  auto zbuf = at::empty({B, GH}, opt);
+  auto ctmp = at::empty({B, H}, opt);
+  auto cpre = k.need_cn() ? at::Tensor() : at::empty({B, H}, opt);  // scratch when cn is not kept
+  auto rbuf = at::empty({B, H}, opt);
+  auto hnbuf = proj ? at::empty({B, P}, opt) : rbuf;
+  auto ones = at::ones({H}, opt);
+  at::Tensor w_prev_t, pbuf, w_o_t, obuf;
+  if (k.full && k.n_prev > 0) {
+    w_prev_t = stacked_prev_peepholes(k, w_ch).t();
+    pbuf = at::empty({B, k.n_prev * H}, opt);
+  }
+  if (k.o_full_current()) {
+    w_o_t = w_ch[k.po].t();
+    obuf = at::empty({B, H}, opt);
+  }
+  const S* peep = (w_ch.defined() && !k.full) ? w_ch.data_ptr<S>() : nullptr;
+  const S* ONE = ones.data_ptr<S>();
+  const int64_t* len = masked ? lengths.data_ptr<int64_t>() : nullptr;
+  const bool o_now = !k.o_full_current();
+
+  for (int64_t t = 0; t < T; ++t) {
+    auto h_prev = hs[t], c_prev = cs[t];
+    at::mm_out(zbuf, h_prev, w_hh_t);
+    if (pbuf.defined()) at::mm_out(pbuf, c_prev, w_prev_t);
+
+    const S* X = xz.data_ptr<S>() + t * B * GH;
+    const S* Z = zbuf.data_ptr<S>();
+    const S* CP = c_prev.data_ptr<S>();
+    const S* PB = pbuf.defined() ? pbuf.data_ptr<S>() : nullptr;
+    S* ACT = acts.data_ptr<S>() + t * B * GH;
+    S* CN = k.need_cn() ? cn.data_ptr<S>() + t * B * H : cpre.data_ptr<S>();
+    S* CT = ctmp.data_ptr<S>();
+    S* R = proj ? rs.data_ptr<S>() + t * B * H : rbuf.data_ptr<S>();
+    for_rows(B, GH, [&](int64_t b) {
+      const S* x = X + b * GH;
+      const S* zr = Z + b * GH;
+      const S* cp = CP + b * H;
+      const S* pb = PB ? PB + b * k.n_prev * H : nullptr;
+      S* a = ACT + b * GH;
+      auto peep_of = [&](int64_t row) { return (row >= 0 && peep) ? peep + row * H : nullptr; };
+      auto full_of = [&](int64_t slot) { return slot >= 0 ? pb + slot * H : nullptr; };
+      if (k.bi >= 0) sigmoid_gate<S, A>(H, a + k.bi * H, x + k.bi * H, zr + k.bi * H, full_of(k.si), peep_of(k.pi), cp);
+      if (k.bf >= 0) sigmoid_gate<S, A>(H, a + k.bf * H, x + k.bf * H, zr + k.bf * H, full_of(k.sf), peep_of(k.pf), cp);
+      {
+        S* __restrict__ g = a + k.bg * H;
+        const S* __restrict__ xg = x + k.bg * H;
+        const S* __restrict__ zg = zr + k.bg * H;
+        if (k.act_in) {
+          for (int64_t j = 0; j < H; ++j) g[j] = tanh_(A(xg[j]) + A(zg[j]));
+        } else {
+          for (int64_t j = 0; j < H; ++j) g[j] = A(xg[j]) + A(zg[j]);
+        }
+      }
+      {
+        const S* __restrict__ F = k.bf >= 0 ? a + k.bf * H : ONE;
+        const S* __restrict__ I = k.bi >= 0 ? a + k.bi * H : ONE;
+        const S* __restrict__ G = a + k.bg * H;
+        const S* __restrict__ c_old = cp;
+        S* __restrict__ cnr = CN + b * H;
+        S* __restrict__ ctr = CT + b * H;
+        const bool coupled = k.coupled;
+        for (int64_t j = 0; j < H; ++j) {
+          const A f = F[j];
+          const A i = coupled ? A(1) - f : A(I[j]);
+          const A c = f * A(c_old[j]) + i * A(G[j]);
+          cnr[j] = c;
+          const A lo = c < -clip ? -clip : c;
+          ctr[j] = lo > clip ? clip : lo;
+        }
+      }
+      if (o_now) {
+        if (k.bo >= 0) {
+          const S* cell = k.current ? CT + b * H : cp;
+          sigmoid_gate<S, A>(H, a + k.bo * H, x + k.bo * H, zr + k.bo * H, full_of(k.so), peep_of(k.po), cell);
+        }
+        output_row<S, A>(H, k.act_out, k.bo >= 0 ? a + k.bo * H : ONE, CT + b * H, R + b * H);
+      }
+    });
+    if (!o_now) {
+      at::mm_out(obuf, ctmp, w_o_t);
+      const S* OB = obuf.data_ptr<S>();
+      for_rows(B, H, [&](int64_t b) {
+        S* o = ACT + b * GH + k.bo * H;
+        sigmoid_gate<S, A>(H, o, X + b * GH + k.bo * H, Z + b * GH + k.bo * H, OB + b * H, nullptr, nullptr);
+        output_row<S, A>(H, k.act_out, o, CT + b * H, R + b * H);
+      });
+    }
+    if (proj) at::mm_out(hnbuf, rs[t], w_hr.t());
+
+    // Carry the state: zoneout (eval) mixes with the previous state, padded steps keep it.
+    const S* HN = hnbuf.data_ptr<S>();
+    const S* HP = h_prev.data_ptr<S>();
+    S* HS = hs.data_ptr<S>() + (t + 1) * B * P;
+    S* CS = cs.data_ptr<S>() + (t + 1) * B * H;
+    S* O = masked ? out.data_ptr<S>() + t * B * P : nullptr;
+    for_rows(B, P + H, [&](int64_t b) {
+      const bool live = !len || len[b] > t;
+      S* __restrict__ hs_r = HS + b * P;
+      S* __restrict__ cs_r = CS + b * H;
+      const S* __restrict__ hp = HP + b * P;
+      const S* __restrict__ hn = HN + b * P;
+      const S* __restrict__ cp = CP + b * H;
+      const S* __restrict__ ct = CT + b * H;
+      if (live) {
+        for (int64_t j = 0; j < P; ++j) hs_r[j] = A(hn[j]) * (1 - z) + A(hp[j]) * z;
+        for (int64_t j = 0; j < H; ++j) cs_r[j] = A(ct[j]) * (1 - z) + A(cp[j]) * z;
+        if (O) std::copy(hs_r, hs_r + P, O + b * P);
+      } else {
+        std::copy(hp, hp + P, hs_r);
+        std::copy(cp, cp + H, cs_r);
+        if (O) std::fill(O + b * P, O + (b + 1) * P, S(0));
+      }
+    });
+  }
+  return {out, hs, cs, acts, cn, rs};
+}
+
+template <typename scalar_t>
+std::vector<at::Tensor> backward_impl(const Config& k, const at::Tensor& grad_out, const at::Tensor& grad_hn,
+                                      const at::Tensor& grad_cn, const at::Tensor& hs, const at::Tensor& cs,
+                                      const at::Tensor& acts, const at::Tensor& cn, const at::Tensor& rs,
+                                      const at::Tensor& w_hh, const at::Tensor& w_ch, const at::Tensor& w_hr,
+                                      const at::Tensor& lengths) {
+  using S = scalar_t;
+  using A = at::opmath_type<scalar_t>;
+  const int64_t T = acts.size(0), B = acts.size(1), GH = acts.size(2), H = cs.size(2), P = hs.size(2);
+  const bool proj = w_hr.defined();
+  const A z = static_cast<A>(k.zoneout);
+  const A clip = k.clip > 0 ? static_cast<A>(k.clip) : std::numeric_limits<A>::infinity();
+  auto opt = acts.options();
+
+  auto dZ = at::empty({T, B, GH}, opt);
+  auto dhn_all = proj ? at::empty({T, B, P}, opt) : at::Tensor();
+  auto dh = grad_hn.defined() ? grad_hn.contiguous().clone() : at::zeros({B, P}, opt);
+  auto dc = grad_cn.defined() ? grad_cn.contiguous().clone() : at::zeros({B, H}, opt);
+  auto dh_keep = at::empty({B, P}, opt);
+  auto dc_keep = at::empty({B, H}, opt);
+  auto dcn = at::empty({B, H}, opt);
+  auto dr = at::empty({B, H}, opt);
+  auto dct = at::empty({B, H}, opt);
+  auto dh_next = at::empty({B, P}, opt);
+  auto dc_next = at::empty({B, H}, opt);
+  auto ones = at::ones({H}, opt);
+  auto zeros = at::zeros({H}, opt);
+  auto sink = at::empty({B, 2 * H}, opt);  // where the gradients of absent gates go
+  at::Tensor w_o;
+  if (k.o_full_current()) w_o = w_ch[k.po];
+  const S* peep = (w_ch.defined() && !k.full) ? w_ch.data_ptr<S>() : nullptr;
+  const S* ONE = ones.data_ptr<S>();
+  const S* ZERO = zeros.data_ptr<S>();
+  auto diag_of = [&](int64_t blk, int64_t row, bool reads_prev) {
+    return (blk >= 0 && row >= 0 && peep && reads_prev) ? peep + row * H : ZERO;
+  };
+  const S* WPI = diag_of(k.bi, k.pi, true);
+  const S* WPF = diag_of(k.bf, k.pf, true);
+  const S* WPO_PREV = diag_of(k.bo, k.po, !k.current);
+  const S* WPO_CUR = diag_of(k.bo, k.po, k.current);
+  const int64_t* len = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
+  const S* GO = grad_out.defined() ? grad_out.data_ptr<S>() : nullptr;
+
+  for (int64_t t = T - 1; t >= 0; --t) {
+    // Split the gradient of the carried state into the step's new state and the zoneout/padding carry.
+    at::Tensor dhn = proj ? dhn_all[t] : dr;
+    {
+      const S* DH = dh.data_ptr<S>();
+      const S* DC = dc.data_ptr<S>();
+      S* DHN = dhn.data_ptr<S>();
+      S* DHK = dh_keep.data_ptr<S>();
+      S* DCN = dcn.data_ptr<S>();
+      S* DCK = dc_keep.data_ptr<S>();
+      const S* G = GO ? GO + t * B * P : nullptr;
+      for_rows(B, P + H, [&](int64_t b) {
+        const bool live = !len || len[b] > t;
+        const S* __restrict__ dh_r = DH + b * P;
+        const S* __restrict__ dc_r = DC + b * H;
+        S* __restrict__ dhn_r = DHN + b * P;
+        S* __restrict__ dhk_r = DHK + b * P;
+        S* __restrict__ dcn_r = DCN + b * H;
+        S* __restrict__ dck_r = DCK + b * H;
+        if (!live) {
+          std::fill(dhn_r, dhn_r + P, S(0));
+          std::copy(dh_r, dh_r + P, dhk_r);
+          std::fill(dcn_r, dcn_r + H, S(0));
+          std::copy(dc_r, dc_r + H, dck_r);
+          return;
+        }
+        const S* __restrict__ g_r = G ? G + b * P : ZERO;
+        const int64_t gstride = G ? 1 : 0;
+        for (int64_t j = 0; j < P; ++j) {
+          const A g = A(dh_r[j]) + A(g_r[j * gstride]);
+          dhn_r[j] = g * (1 - z);
+          dhk_r[j] = g * z;
+        }
+        for (int64_t j = 0; j < H; ++j) {
+          const A g = dc_r[j];
+          dcn_r[j] = g * (1 - z);
+          dck_r[j] = g * z;
+        }
+      });
+    }
+    if (proj) at::mm_out(dr, dhn, w_hr);
+
+    const S* ACT = acts.data_ptr<S>() + t * B * GH;
+    const S* CP = cs.data_ptr<S>() + t * B * H;
+    const S* CNEW = k.need_cn() ? cn.data_ptr<S>() + t * B * H : cs.data_ptr<S>() + (t + 1) * B * H;
+    const S* DR = dr.data_ptr<S>();
+    const S* DCN = dcn.data_ptr<S>();
+    S* DZ = dZ.data_ptr<S>() + t * B * GH;
+    S* DCT = dct.data_ptr<S>();
+    S* SINK = sink.data_ptr<S>();
+    // Output gate and the cell's gradient up to the output peephole.
+    for_rows(B, H, [&](int64_t b) {
+      output_grad_row<S, A>(H, k.act_out, clip, CNEW + b * H, DR + b * H, DCN + b * H,
+                            k.bo >= 0 ? ACT + b * GH + k.bo * H : ONE, WPO_CUR,
+                            k.bo >= 0 ? DZ + b * GH + k.bo * H : SINK + b * 2 * H, DCT + b * H);
+    });
+    if (k.o_full_current()) dct.addmm_(dZ[t].narrow(1, k.bo * H, H), w_o);
+
+    // The rest of the gates and the gradient to c_{t-1}; padded rows pass the carry through untouched.
+    const S* DCK = dc_keep.data_ptr<S>();
+    S* DCX = dc_next.data_ptr<S>();
+    for_rows(B, GH, [&](int64_t b) {
+      const bool live = !len || len[b] > t;
+      S* dz = DZ + b * GH;
+      if (!live) {
+        std::fill(dz, dz + GH, S(0));
+        std::copy(DCK + b * H, DCK + (b + 1) * H, DCX + b * H);
+        return;
+      }
+      const S* a = ACT + b * GH;
+      cell_grad_row<S, A>(H, k.coupled, k.act_in, clip, k.bf >= 0 ? a + k.bf * H : ONE,
+                          k.bi >= 0 ? a + k.bi * H : ONE, a + k.bg * H, CP + b * H, CNEW + b * H, DCT + b * H,
+                          DCK + b * H, k.bo >= 0 ? dz + k.bo * H : ZERO, WPI, WPF, WPO_PREV,
+                          k.bi >= 0 ? dz + k.bi * H : SINK + b * 2 * H,
+                          k.bf >= 0 ? dz + k.bf * H : SINK + b * 2 * H + H, dz + k.bg * H, DCX + b * H);
+    });
+    auto dz_t = dZ[t];
+    if (k.si >= 0) dc_next.addmm_(dz_t.narrow(1, k.bi * H, H), w_ch[k.pi]);
+    if (k.sf >= 0) dc_next.addmm_(dz_t.narrow(1, k.bf * H, H), w_ch[k.pf]);
+    if (k.so >= 0) dc_next.addmm_(dz_t.narrow(1, k.bo * H, H), w_ch[k.po]);
+    at::addmm_out(dh_next, dh_keep, dz_t, w_hh);
+    std::swap(dh, dh_next);
+    std::swap(dc, dc_next);
+  }
+
+  // Weight gradients: one GEMM (or reduction) over all T*B rows each.
+  auto dZ2 = dZ.view({T * B, GH});
+  auto dw_hh = at::mm(dZ2.t(), hs.narrow(0, 0, T).reshape({T * B, P}));
+  at::Tensor dw_hr, dw_ch;
+  if (proj) dw_hr = at::mm(dhn_all.view({T * B, P}).t(), rs.view({T * B, H}));
+  if (w_ch.defined()) {
+    auto c_old = cs.narrow(0, 0, T).reshape({T * B, H});
+    auto c_new = k.need_cn() ? cn.view({T * B, H}) : cs.narrow(0, 1, T).reshape({T * B, H});
+    if (k.need_cn() && k.clip > 0) c_new = c_new.clamp(-k.clip, k.clip);
+    dw_ch = at::zeros_like(w_ch);
+    auto grad_row = [&](int64_t row, int64_t block, const at::Tensor& src) {
+      auto d = dZ2.narrow(1, block * H, H);
+      if (k.full) dw_ch[row].copy_(at::mm(d.t(), src));
+      else dw_ch[row].copy_((d * src).sum(0));
+    };
+    if (k.bi >= 0 && k.pi >= 0) grad_row(k.pi, k.bi, c_old);
+    if (k.bf >= 0 && k.pf >= 0) grad_row(k.pf, k.bf, c_old);
+    if (k.bo >= 0 && k.po >= 0) grad_row(k.po, k.bo, k.current ? c_new : c_old);
+  }
+  return {dZ, dh, dc, dw_hh, dw_ch, dw_hr};
+}
+
+at::Tensor opt_tensor(const std::optional<at::Tensor>& t) { return t.has_value() ? t->contiguous() : at::Tensor(); }
+
+std::vector<at::Tensor> forward(const at::Tensor& xz, const at::Tensor& h0, const at::Tensor& c0,
+                                const at::Tensor& w_hh, const std::optional<at::Tensor>& w_ch,
+                                const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& lengths,
+                                const std::vector<int64_t>& idx, const std::vector<bool>& flags, double clip,
+                                double zoneout) {
+  TORCH_CHECK(xz.device().is_cpu(), "fused_lstm extension: CPU tensors only");
+  const Config k = make_config(idx, flags, clip, zoneout);
+  std::vector<at::Tensor> res;
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, xz.scalar_type(), "fused_lstm_forward", [&] {
+    res = forward_impl<scalar_t>(k, xz.contiguous(), h0.contiguous(), c0.contiguous(), w_hh.contiguous(),
+                                 opt_tensor(w_ch), opt_tensor(w_hr), opt_tensor(lengths));
+  });
+  return res;
+}
+
+std::vector<at::Tensor> backward(const std::optional<at::Tensor>& grad_out, const std::optional<at::Tensor>& grad_hn,
+                                 const std::optional<at::Tensor>& grad_cn, const at::Tensor& hs, const at::Tensor& cs,
+                                 const at::Tensor& acts, const std::optional<at::Tensor>& cn,
+                                 const std::optional<at::Tensor>& rs, const at::Tensor& w_hh,
+                                 const std::optional<at::Tensor>& w_ch, const std::optional<at::Tensor>& w_hr,
+                                 const std::optional<at::Tensor>& lengths, const std::vector<int64_t>& idx,
+                                 const std::vector<bool>& flags, double clip, double zoneout) {
+  const Config k = make_config(idx, flags, clip, zoneout);
+  std::vector<at::Tensor> res;
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, acts.scalar_type(), "fused_lstm_backward", [&] {
+    res = backward_impl<scalar_t>(k, opt_tensor(grad_out), opt_tensor(grad_hn), opt_tensor(grad_cn), hs, cs, acts,
+                                  opt_tensor(cn), opt_tensor(rs), w_hh.contiguous(), opt_tensor(w_ch),
+                                  opt_tensor(w_hr), opt_tensor(lengths));
+  });
+  return res;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &forward, "peephole LSTM sequence forward (CPU)");
+  m.def("backward", &backward, "peephole LSTM sequence backward (CPU)");
+}

@@ -1,0 +1,237 @@
+"""The fused backend: one autograd node per (layer, direction) for the whole sequence.
+
+The eager backend records ~15 autograd nodes per time step, and on small shapes its cost is the
+per-op dispatch, not the arithmetic. Here a custom ``torch.autograd.Function`` runs the whole
+recurrence and a hand-written BPTT backward:
+
+* the input projection W_ih x_t + b for all steps is one GEMM before the loop (done by the layer, so
+  autograd turns its gradient into one GEMM for dx and one for dW_ih over all T*B rows);
+* per step: one recurrent GEMM h_{t-1} W_hh^T, then all gate math in one fused pointwise pass
+  (plus a GEMM per full peephole matrix and for the projection);
+* the backward walks the steps in reverse with one GEMM dZ_t W_hh per step and fused pointwise
+  gate derivatives, keeps dZ for all steps, and computes dW_hh = dZ^T H_prev, dW_hr and the
+  peephole gradients as single GEMMs/reductions over all steps after the loop.
+
+Two implementations of this algorithm exist: the C++ kernel (csrc/fused_lstm.cpp, built at install,
+CPU tensors) and `_forward_torch`/`_backward_torch` below (plain PyTorch ops, used for CUDA tensors
+and when the extension is not built). Both are tested against the eager loop in float64.
+
+Options the fused path does not cover (layer_norm, gate_recurrence, zoneout while training) run the
+eager loop instead; `unsupported(opts, training)` says why, and the layer reports the path it ran.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from peephole_lstm.nn.functional import layout
+from peephole_lstm.nn.options import CellOptions
+
+try:
+    from peephole_lstm.nn import _fused_cpu  # built by setup.py
+except ImportError:  # a source checkout without the build, or a failed compile: use the PyTorch path
+    _fused_cpu = None
+
+_use_extension = True
+
+
+def extension_available() -> bool:
+    """Whether the compiled CPU kernel is importable (else CPU tensors use the pure-PyTorch path)."""
+    return _fused_cpu is not None
+
+
+def set_extension_enabled(enabled: bool) -> bool:
+    """Switch the C++ kernel on or off (for tests and benchmarks); returns the previous setting."""
+    global _use_extension
+    previous, _use_extension = _use_extension, bool(enabled)
+    return previous
+
+
+def unsupported(opts: CellOptions, training: bool) -> Optional[str]:
+    """Why the fused path cannot run these options (None when it can)."""
+    if opts.layer_norm:
+        return "layer_norm=True"
+    if opts.gate_recurrence:
+        return "gate_recurrence=True"
+    if opts.zoneout > 0 and training:
+        return "zoneout in training mode (random masks)"
+    return None
+
+
+def kernel_name(device: torch.device) -> str:
+    """Which implementation of the fused algorithm runs for tensors on `device`."""
+    if device.type == "cpu" and _use_extension and _fused_cpu is not None:
+        return "fused-cpp"
+    return "fused-torch"
+
+
+def _config(opts: CellOptions) -> Tuple[List[int], List[bool], float, float]:
+    flags = [
+        opts.peephole == "full",
+        opts.output_peephole == "current",
+        opts.coupled,
+        opts.input_activation == "tanh",
+        opts.output_activation == "tanh",
+    ]
+    return layout(opts.blocks, opts.peephole_rows), flags, float(opts.cell_clip or 0.0), float(opts.zoneout)
+
+
+def fused_sequence(
+    xz: Tensor, h0: Tensor, c0: Tensor, lengths: Optional[Tensor], weights: tuple, opts: CellOptions
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Like functional.lstm_sequence for options `unsupported` accepts (zoneout as in eval mode).
+    `weights` are the layer's STEP_WEIGHTS. Returns (output (T, B, out), h_T, c_T)."""
+    w_hh, w_ch, _, w_hr = weights[:4]
+    if lengths is not None:
+        lengths = lengths.to(device=xz.device, dtype=torch.int64)
+    return _Sequence.apply(xz, h0, c0, w_hh, w_ch, w_hr, lengths, _config(opts))
+
+
+class _Sequence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, xz, h0, c0, w_hh, w_ch, w_hr, lengths, config):
+        idx, flags, clip, zoneout = config
+        use_cpp = kernel_name(xz.device) == "fused-cpp"
+        run = _fused_cpu.forward if use_cpp else _forward_torch
+        out, hs, cs, acts, cn, rs = run(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout)
+        ctx.config, ctx.use_cpp = config, use_cpp
+        ctx.save_for_backward(hs, cs, acts, cn, rs, w_hh, w_ch, w_hr, lengths)
+        # Fresh tensors, not views of the saved states: users may modify the output in place.
+        return (out if lengths is not None else out.clone()), hs[-1].clone(), cs[-1].clone()
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_hn, grad_cn):
+        hs, cs, acts, cn, rs, w_hh, w_ch, w_hr, lengths = ctx.saved_tensors
+        idx, flags, clip, zoneout = ctx.config
+        run = _fused_cpu.backward if ctx.use_cpp else _backward_torch
+        dxz, dh0, dc0, dw_hh, dw_ch, dw_hr = run(
+            grad_out, grad_hn, grad_cn, hs, cs, acts, cn, rs, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout
+        )
+        return dxz, dh0, dc0, dw_hh, dw_ch, dw_hr, None, None
+
+
+# --- the same algorithm in plain PyTorch ops (CUDA tensors, or no compiled kernel) -----------------
+
+
+def _blocks(z: Tensor, idx: List[int], hidden: int):
+    def block(k: int) -> Optional[Tensor]:
+        return None if idx[k] < 0 else z[..., idx[k] * hidden:(idx[k] + 1) * hidden]
+
+    return block(0), block(1), block(2), block(3)
+
+
+def _peep(c: Tensor, w_ch: Tensor, row: int, full: bool) -> Tensor:
+    return c @ w_ch[row].t() if full else c * w_ch[row]
+
+
+def _forward_torch(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout):
+    full, current, coupled, act_in, act_out = flags
+    T, B, _ = xz.shape
+    H = c0.shape[-1]
+    hs, cs = [h0], [c0]
+    acts, cns, rs, outs = [], [], [], []
+    for t in range(T):
+        h_prev, c_prev = hs[-1], cs[-1]
+        z = torch.addmm(xz[t], h_prev, w_hh.t())
+        zi, zf, zg, zo = _blocks(z, idx, H)
+        one = torch.ones_like(c_prev)
+        i = f = o = one
+        if zi is not None:
+            i = torch.sigmoid(zi + _peep(c_prev, w_ch, idx[4], full) if idx[4] >= 0 else zi)
+        if zf is not None:
+            f = torch.sigmoid(zf + _peep(c_prev, w_ch, idx[5], full) if idx[5] >= 0 else zf)
+            if coupled:
+                i = 1 - f
+        g = torch.tanh(zg) if act_in else zg
+        c_pre = f * c_prev + i * g
+        c = c_pre.clamp(-clip, clip) if clip > 0 else c_pre
+        if zo is not None:
+            o = torch.sigmoid(zo + _peep(c if current else c_prev, w_ch, idx[6], full) if idx[6] >= 0 else zo)
+        r = o * (torch.tanh(c) if act_out else c)
+        hn = r @ w_hr.t() if w_hr is not None else r
+        h_new, c_new = torch.lerp(hn, h_prev, zoneout), torch.lerp(c, c_prev, zoneout)
+        if lengths is not None:
+            live = (lengths > t).unsqueeze(-1)
+            h_new, c_new = torch.where(live, h_new, h_prev), torch.where(live, c_new, c_prev)
+            outs.append(torch.where(live, h_new, torch.zeros_like(h_new)))
+        gate = [i if zi is not None else None, f if zf is not None else None, g, o if zo is not None else None]
+        acts.append(torch.cat([gate[k] for k in sorted(range(4), key=lambda k: idx[k]) if idx[k] >= 0], -1))
+        cns.append(c_pre)
+        rs.append(r)
+        hs.append(h_new)
+        cs.append(c_new)
+    hs, cs = torch.stack(hs), torch.stack(cs)
+    out = torch.stack(outs) if lengths is not None else hs[1:]
+    return out, hs, cs, torch.stack(acts), torch.stack(cns), torch.stack(rs) if w_hr is not None else None
+
+
+def _backward_torch(grad_out, grad_hn, grad_cn, hs, cs, acts, cn, rs, w_hh, w_ch, w_hr, lengths, idx, flags,
+                    clip, zoneout):
+    full, current, coupled, act_in, act_out = flags
+    T = acts.shape[0]
+    H = cs.shape[-1]
+    z = zoneout
+    dh = grad_hn if grad_hn is not None else torch.zeros_like(hs[0])
+    dc = grad_cn if grad_cn is not None else torch.zeros_like(cs[0])
+    dZ = torch.empty_like(acts)
+    dhns = [None] * T
+    c_news = cn.clamp(-clip, clip) if clip > 0 else cn
+    for t in range(T - 1, -1, -1):
+        g_out = grad_out[t] if grad_out is not None else torch.zeros_like(dh)
+        g_h = dh + g_out
+        live = (lengths > t).unsqueeze(-1) if lengths is not None else None
+        dhn, dh_keep, dcn, dc_keep = g_h * (1 - z), g_h * z, dc * (1 - z), dc * z
+        if live is not None:
+            zero = torch.zeros_like
+            dhn, dh_keep = torch.where(live, dhn, zero(dhn)), torch.where(live, dh_keep, dh)
+            dcn, dc_keep = torch.where(live, dcn, zero(dcn)), torch.where(live, dc_keep, dc)
+        dhns[t] = dhn
+        dr = dhn @ w_hr if w_hr is not None else dhn
+        c, c_old = c_news[t], cs[t]
+        ai, af, ag, ao = _blocks(acts[t], idx, H)
+        ac = torch.tanh(c) if act_out else c
+        o = ao if ao is not None else torch.ones_like(c)
+        dc_t = dcn + (dr * o * (1 - ac * ac) if act_out else dr * o)
+        dzi, dzf, dzo = None, None, None
+        if ao is not None:
+            dzo = dr * ac * ao * (1 - ao)
+            if idx[6] >= 0 and current:
+                dc_t = dc_t + (dzo @ w_ch[idx[6]] if full else dzo * w_ch[idx[6]])
+        if clip > 0:
+            dc_t = torch.where((cn[t] >= -clip) & (cn[t] <= clip), dc_t, torch.zeros_like(dc_t))
+        f = af if af is not None else torch.ones_like(c)
+        i = ai if ai is not None else (1 - f if coupled else torch.ones_like(c))
+        di = dc_t * ag
+        dzg = dc_t * i * (1 - ag * ag) if act_in else dc_t * i
+        dc_prev = dc_t * f
+        if ai is not None:
+            dzi = di * i * (1 - i)
+        if af is not None:
+            df = dc_t * c_old - di if coupled else dc_t * c_old
+            dzf = df * f * (1 - f)
+        for dzk, row, reads_prev in ((dzi, idx[4], True), (dzf, idx[5], True), (dzo, idx[6], not current)):
+            if dzk is not None and row >= 0 and reads_prev:
+                dc_prev = dc_prev + (dzk @ w_ch[row] if full else dzk * w_ch[row])
+        dz = torch.cat([d for d, k in sorted(((dzi, 0), (dzf, 1), (dzg, 2), (dzo, 3)), key=lambda p: idx[p[1]])
+                        if idx[k] >= 0], -1)
+        if live is not None:
+            dz = torch.where(live, dz, torch.zeros_like(dz))
+            dc_prev = torch.where(live, dc_prev, torch.zeros_like(dc_prev))
+        dZ[t] = dz
+        dh = torch.addmm(dh_keep, dz, w_hh)
+        dc = dc_prev + dc_keep
+    TB = T * acts.shape[1]
+    dZ2 = dZ.reshape(TB, -1)
+    dw_hh = dZ2.t() @ hs[:-1].reshape(TB, -1)
+    dw_hr = torch.stack(dhns).reshape(TB, -1).t() @ rs.reshape(TB, H) if w_hr is not None else None
+    dw_ch = None
+    if w_ch is not None:
+        dw_ch = torch.zeros_like(w_ch)
+        c_old, c_new = cs[:-1].reshape(TB, H), c_news.reshape(TB, H)
+        for gate, row, src in ((0, idx[4], c_old), (1, idx[5], c_old), (3, idx[6], c_new if current else c_old)):
+            if idx[gate] >= 0 and row >= 0:
+                d = dZ2[:, idx[gate] * H:(idx[gate] + 1) * H]
+                dw_ch[row] = d.t() @ src if full else (d * src).sum(0)
+    return dZ, dh, dc, dw_hh, dw_ch, dw_hr
