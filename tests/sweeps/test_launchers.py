@@ -29,6 +29,7 @@ def test_ddp_cpu_inside_multirun_gives_one_run_dir_and_one_wandb_run_per_job(tmp
         res = results(job)
         assert res["status"] == "completed", res["error"]
         assert f"model.peephole={peephole}" in res["overrides"]
+        assert (job / "ddp_rank1.log").is_file()  # rank 1 really ran, in this job's dir
         (run,) = offline_runs(job)  # rank 1 created no W&B run
         assert run.run_id == res["wandb"]["id"] and run.exit_code == 0
         assert "test/nrmse" in run.summary
