@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import csv
+import statistics
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import yaml
@@ -61,26 +63,45 @@ def test_peephole_ablation_multirun_one_wandb_run_per_job_and_report(tmp_path):
     assert (sweep / "box_test_nrmse.png").stat().st_size > 10_000
 
 
+CRASH = textwrap.dedent('''
+    from lightning.pytorch.callbacks import Callback
+
+
+    class CrashOnSeed(Callback):
+        """Fails the job whose seed is `crash_seed` mid-training, after its W&B run has started."""
+
+        def __init__(self, seed: int, crash_seed: int):
+            self.seed, self.crash_seed = seed, crash_seed
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            if self.seed == self.crash_seed:
+                raise RuntimeError(f"injected crash in the job with seed {self.seed}")
+''')
+
+
 def test_crashing_job_does_not_stop_the_sweep_and_is_reported(tmp_path):
-    # lr=-1 passes the config schema (a float) but Adam rejects it once training starts, after W&B has started
-    proc = run_train("-m", "model.lr=0.01,-1.0,0.02", *TINY, cwd=tmp_path)
+    (tmp_path / "crash_on_seed.py").write_text(CRASH)
+    proc = run_train("-m", "seed=0,1,2", *TINY, "+callbacks.crash._target_=crash_on_seed.CrashOnSeed",
+                     "+callbacks.crash.seed=${seed}", "+callbacks.crash.crash_seed=1",
+                     cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
     assert proc.returncode != 0  # Hydra reports the failed job at the end of the sweep
     sweep = tmp_path / "sweep"
     jobs = job_dirs(sweep)
     assert len(jobs) == 3
     statuses = [results(j)["status"] for j in jobs]
     assert statuses == ["completed", "failed", "completed"], explain(proc)
-    assert "Invalid learning rate" in results(jobs[1])["error"]
+    assert results(jobs[1])["error"] == "RuntimeError: injected crash in the job with seed 1"
     runs = [offline_runs(j) for j in jobs]
     assert [len(r) for r in runs] == [1, 1, 1]
     assert [r[0].exit_code for r in runs] == [0, 1, 0]  # the crashed job's W&B run is marked failed
     assert len({r[0].run_id for r in runs}) == 3  # the job after the crash got a fresh run
 
-    rows = {r["variant"]: r for r in report_rows(sweep, "--metric", "test/loss")}
-    assert rows["model.lr=-1.0"]["failed"] == "1" and rows["model.lr=-1.0"]["test/loss_n"] == "0"
-    assert rows["model.lr=0.02"]["failed"] == "0" and rows["model.lr=0.02"]["test/loss_n"] == "1"
+    (row,) = report_rows(sweep, "--metric", "test/loss")  # one variant: the seeds of the same config
+    losses = [results(jobs[i])["metrics"]["test/loss"] for i in (0, 2)]
+    assert (row["jobs"], row["failed"], row["test/loss_n"]) == ("3", "1", "2")
+    assert float(row["test/loss_mean"]) == pytest.approx(statistics.mean(losses))
     md = (sweep / "report.md").read_text()
-    assert "| 1 | model.lr=-1.0 | 0 | failed | ValueError: Invalid learning rate: -1.0 |" in md
+    assert "| 1 | (all jobs) | 1 | failed | RuntimeError: injected crash in the job with seed 1 |" in md
 
 
 def test_optuna_search_of_three_trials(tmp_path):
