@@ -1,0 +1,180 @@
+"""The fused backend (nn/fused.py and its C++ kernel) against the eager per-step loop.
+
+Both implementations of the fused algorithm are checked: the compiled CPU kernel ("cpp", when the
+extension is built) and the plain-PyTorch one ("torch", which CUDA tensors use).
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from peephole_lstm import PeepholeLSTM
+from peephole_lstm.nn import fused
+from peephole_lstm.nn.layer import _step_function
+from tests.nn.helpers import gradients, make_lstm
+
+KERNELS = ["torch"] + (["cpp"] if fused.extension_available() else [])
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+OPTIONS = [
+    dict(peephole="none"),
+    dict(peephole="diagonal"),
+    dict(peephole="full"),
+    dict(peephole="diagonal", output_peephole="previous"),
+    dict(peephole="full", output_peephole="previous", peephole_gates="fo"),
+    dict(peephole="full", coupled=True),
+    dict(input_gate=False, peephole_gates="fo"),
+    dict(forget_gate=False),
+    dict(output_gate=False, peephole="full"),
+    dict(input_activation="identity", output_activation="identity"),
+    dict(peephole_gates="o"),
+    dict(proj_size=3, peephole="full"),
+    dict(cell_clip=0.3),
+    dict(cell_clip=0.25, peephole="full", coupled=True, zoneout=0.3),  # zoneout: eval mode mixes
+    dict(num_layers=2, bidirectional=True, proj_size=2, peephole="full"),
+]
+
+
+@contextlib.contextmanager
+def kernel(name: str):
+    previous = fused.set_extension_enabled(name == "cpp")
+    try:
+        yield
+    finally:
+        fused.set_extension_enabled(previous)
+
+
+def _run(lstm, x, lengths=None, hx=None):
+    """Output, final state and every gradient (input, initial state, parameters) of a weighted loss."""
+    x = x.clone().requires_grad_()
+    hx = tuple(h.clone().requires_grad_() for h in hx) if hx is not None else None
+    inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if lengths is not None else x
+    out, (h_n, c_n) = lstm(inp, hx)
+    if lengths is not None:
+        out = pad_packed_sequence(out)[0]
+    values = [out, h_n, c_n]
+    gen = torch.Generator().manual_seed(1)  # weights drawn in float64 so that every dtype gets the same loss
+    loss = sum((v * torch.randn(v.shape, generator=gen, dtype=torch.float64).to(v.dtype)).sum() for v in values)
+    grads = gradients(loss, [x, *(hx or ()), *lstm.parameters()])
+    return values + list(grads)
+
+
+def _assert_close(got, want, tol):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=tol, atol=tol)
+
+
+def _pair(kwargs, seed=0):
+    """The same random module twice: backend 'fused' and 'eager'."""
+    return make_lstm(4, 5, seed=seed, backend="fused", **kwargs), make_lstm(4, 5, seed=seed, backend="eager", **kwargs)
+
+
+@pytest.mark.parametrize("name", KERNELS)
+@pytest.mark.parametrize("kwargs", OPTIONS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+def test_fused_matches_eager_in_float64(kwargs, name):
+    fast, slow = _pair(kwargs)
+    x = torch.randn(6, 3, 4, dtype=torch.float64)
+    n = fast.num_layers * fast.num_directions
+    hx = (torch.randn(n, 3, fast.options[0].output_size, dtype=torch.float64), torch.randn(n, 3, 5, dtype=torch.float64))
+    with kernel(name):
+        got = _run(fast, x, hx=hx)
+        assert fast.last_path == f"fused-{name}"
+        _assert_close(got, _run(slow, x, hx=hx), 1e-10)
+        # Variable lengths: padded steps must leave the state and the gradients as the eager loop does.
+        lengths = torch.tensor([6, 2, 4])
+        _assert_close(_run(fast, x, lengths), _run(slow, x, lengths), 1e-10)
+
+
+@pytest.mark.parametrize("name", KERNELS)
+def test_gradcheck(name):
+    lstm = make_lstm(2, 3, seed=3, backend="fused", peephole="full", proj_size=2, cell_clip=0.8, zoneout=0.2)
+    x = torch.randn(4, 2, 2, dtype=torch.float64, requires_grad=True)
+    params = list(lstm.parameters())
+
+    def f(x, *weights):
+        with torch.nn.utils.stateless._reparametrize_module(lstm, dict(zip(dict(lstm.named_parameters()), weights))):
+            out, (h, c) = lstm(x)
+        return out, h, c
+
+    with kernel(name):
+        assert torch.autograd.gradcheck(f, (x, *params))
+
+
+@pytest.mark.parametrize("name", KERNELS)
+def test_float32_and_bfloat16_follow_float64(name):
+    ref = make_lstm(6, 8, seed=1, backend="fused", peephole="full", proj_size=4)
+    x = torch.randn(10, 4, 6, dtype=torch.float64)
+    with kernel(name):
+        want = _run(ref, x)
+        for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 0.1)):
+            lstm = make_lstm(6, 8, seed=1, backend="fused", peephole="full", proj_size=4).to(dtype)
+            got = _run(lstm, x.to(dtype))
+            assert all(g.dtype == dtype for g in got)
+            _assert_close([g.double() for g in got], want, tol)
+
+
+def test_auto_uses_fused_and_falls_back_with_the_reason():
+    lstm = PeepholeLSTM(3, 4)
+    x = torch.randn(5, 2, 3)
+    lstm(x)
+    assert lstm.last_path in ("fused-cpp", "fused-torch")
+    assert lstm.last_path == ("fused-cpp" if fused.extension_available() else "fused-torch")
+    assert "last_path=" in repr(lstm)
+    for kwargs, reason in ((dict(layer_norm=True), "layer_norm"), (dict(gate_recurrence=True), "gate_recurrence")):
+        auto = PeepholeLSTM(3, 4, **kwargs)
+        auto(x)
+        assert auto.last_path.startswith("eager (") and reason in auto.last_path
+    zoneout = PeepholeLSTM(3, 4, zoneout=0.5)
+    zoneout(x)
+    assert zoneout.last_path.startswith("eager (zoneout")
+    zoneout.eval()
+    zoneout(x)
+    assert zoneout.last_path.startswith("fused")
+    # Asking for backend="fused" with an option it lacks still computes the result, with a warning.
+    explicit = PeepholeLSTM(3, 4, layer_norm=True, backend="fused")
+    with pytest.warns(UserWarning, match="layer_norm=True is not supported by the fused kernel"):
+        explicit(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        explicit(x)  # warned once per module and reason
+
+
+def test_output_is_not_a_view_of_the_saved_state():
+    lstm = make_lstm(3, 4, backend="fused")
+    out, (h, c) = lstm(torch.randn(5, 2, 3, dtype=torch.float64))
+    out.mul_(2.0)  # in place, as a user may do: must not corrupt the backward
+    h.add_(1.0)
+    assert torch.isfinite(torch.autograd.grad(out.sum() + h.sum(), list(lstm.parameters()))[0]).all()
+
+
+def test_compile_backend_compiles_once_for_all_lengths_and_batch_sizes():
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    _step_function.cache_clear()
+    counters.clear()
+    lstm = PeepholeLSTM(3, 4, backend="compile").double()
+    counts = []
+    for t, b in [(5, 2), (9, 3), (17, 6), (40, 5)]:  # (T, B)
+        lstm(torch.randn(t, b, 3, dtype=torch.float64))[0].sum().backward()
+        counts.append(counters["stats"]["unique_graphs"])
+    # The first sequence may compile the step twice (its first step sees the initial state, a view with
+    # other strides); new lengths and batch sizes then reuse the graphs.
+    assert 1 <= counts[0] <= 2 and counts == counts[:1] * len(counts), counts
+    torch._dynamo.reset()
+    _step_function.cache_clear()
+
+
+@CUDA
+@pytest.mark.parametrize("kwargs", OPTIONS[:3] + OPTIONS[-4:], ids=str)
+def test_cuda_matches_cpu_eager(kwargs):
+    fast, slow = _pair(kwargs)
+    x = torch.randn(6, 3, 4, dtype=torch.float64)
+    got = _run(fast.cuda(), x.cuda(), torch.tensor([6, 2, 4]))
+    assert fast.last_path == "fused-torch"
+    _assert_close([g.cpu() for g in got], _run(slow, x, torch.tensor([6, 2, 4])), 1e-10)
