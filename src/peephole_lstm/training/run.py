@@ -117,7 +117,8 @@ def _fit(cfg: DictConfig, job: _Job) -> None:
         job.metrics.update(_metrics(trainer, ("train/", "val/")))
     if cfg.test:
         # Report val and test metrics of the same weights: the best checkpoint by val/loss when there is one.
-        best = trainer.checkpoint_callback.best_model_path if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else ""
+        monitored = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.monitor]
+        best = monitored[0].best_model_path if monitored else ""
         ckpt = best or (cfg.ckpt_path if not cfg.train else None)
         trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt)
         job.metrics.update(_metrics(trainer, ("val/",)))
