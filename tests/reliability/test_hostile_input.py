@@ -1,0 +1,40 @@
+"""Broken input files through the real entry point: train() fails before training starts with an error
+that names the file (the datamodule-level cases and the hypothesis properties live in tests/data/)."""
+from __future__ import annotations
+
+import pytest
+
+from peephole_lstm.training import train
+from reliability_helpers import TINY, framework_test_helpers
+
+
+def _bad_files(tmp_path):
+    (tmp_path / "a_directory").mkdir()
+    (tmp_path / "empty.txt").write_bytes(b"")
+    (tmp_path / "latin1.txt").write_bytes("x,y\n1,caf\xe9\n".encode("latin-1"))
+    (tmp_path / "utf16.txt").write_bytes("x,y\n1,2\n".encode("utf-16"))
+    (tmp_path / "binary.txt").write_bytes(bytes(range(256)) * 4000)  # one ~1 MB line of bytes
+    return tmp_path
+
+
+CASES = [
+    ("a_directory", "is a directory, not a file"),
+    ("empty.txt", "is empty (0 bytes)"),
+    ("latin1.txt", "is not valid UTF-8"),
+    ("utf16.txt", "encoded as UTF-16"),
+    ("binary.txt", "not valid UTF-8"),
+    ("missing.txt", "not found"),
+]
+
+
+@pytest.mark.parametrize("data", ["data=csv data.target=y", "data=chars"])
+@pytest.mark.parametrize("name,message", CASES)
+def test_bad_data_files_fail_before_training_naming_the_file(tmp_path, data, name, message):
+    path = _bad_files(tmp_path) / name
+    run = tmp_path / "run"
+    overrides = [*data.split(), f"data.path={path}", *(o for o in TINY if not o.startswith("data.length"))]
+    cfg = framework_test_helpers().compose_config("train", overrides, output_dir=run)
+    with pytest.raises(Exception) as e:
+        train(cfg)
+    assert message in str(e.value) and str(path) in str(e.value)
+    assert not (run / "checkpoints").exists()
