@@ -1,0 +1,285 @@
+#!/usr/bin/env python
+"""Training-step and streaming speed of PeepholeLSTM against torch.nn.LSTM and a naive per-step loop.
+
+    python scripts/benchmark.py                       # every shape, table on stdout
+    python scripts/benchmark.py --shapes small,medium --repeats 9 --json results.json
+    python scripts/benchmark.py --quick               # a fast look (small + stream, 3 rounds)
+    python scripts/benchmark.py --shapes 4x6x3x5 --impls nn.LSTM,auto/diagonal --json -
+
+A training step is forward + backward of output.sum() over the whole sequence (float32). Each round
+times every implementation once, in rotating order, so the ratio to nn.LSTM is the median of ratios
+measured side by side in the same process. "warm-up" is the first call of a fresh module (any
+compilation included). The "stream" shape is inference with B=1, one step per call, carrying the state.
+GFLOP/s counts the GEMM work only (3x the forward GEMMs for a training step).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from peephole_lstm import PeepholeLSTM
+from peephole_lstm.nn import fused
+from peephole_lstm.nn.layer import _step_function
+
+SHAPES = {  # name: (B, T, input, hidden)
+    "small": (32, 50, 8, 16),
+    "medium": (64, 100, 32, 128),
+    "large": (64, 200, 64, 512),
+    "long": (16, 1000, 32, 128),
+    "stream": (1, 200, 32, 128),  # 200 single-step calls
+}
+DEFAULT_IMPLS = ["nn.LSTM", "naive-loop", "auto/none", "auto/diagonal", "auto/full", "eager/diagonal"]
+ALL_IMPLS = DEFAULT_IMPLS + ["script/diagonal", "compile/diagonal", "fused-torch/diagonal"]
+
+
+class NaiveLoop(nn.Module):
+    """A diagonal-peephole LSTM as tutorials write it: eight small matmuls and the gate math per step."""
+
+    def __init__(self, input_size: int, hidden_size: int):
+        super().__init__()
+        bound = hidden_size ** -0.5
+
+        def p(*shape):
+            return nn.Parameter(torch.empty(*shape).uniform_(-bound, bound))
+
+        self.w_x = nn.ParameterList([p(input_size, hidden_size) for _ in range(4)])
+        self.w_h = nn.ParameterList([p(hidden_size, hidden_size) for _ in range(4)])
+        self.b = nn.ParameterList([p(hidden_size) for _ in range(4)])
+        self.peep = nn.ParameterList([p(hidden_size) for _ in range(3)])
+        self.hidden_size = hidden_size
+
+    def step(self, x, h, c):
+        wx, wh, b, p = self.w_x, self.w_h, self.b, self.peep
+        i = torch.sigmoid(x @ wx[0] + h @ wh[0] + b[0] + p[0] * c)
+        f = torch.sigmoid(x @ wx[1] + h @ wh[1] + b[1] + p[1] * c)
+        g = torch.tanh(x @ wx[2] + h @ wh[2] + b[2])
+        c = f * c + i * g
+        o = torch.sigmoid(x @ wx[3] + h @ wh[3] + b[3] + p[2] * c)
+        return o * torch.tanh(c), c
+
+    def forward(self, x, state=None):
+        if state is None:
+            zeros = x.new_zeros(x.shape[1], self.hidden_size)
+            state = (zeros, zeros)
+        h, c = state[0].reshape(-1, self.hidden_size), state[1].reshape(-1, self.hidden_size)
+        outputs = []
+        for x_t in x:
+            h, c = self.step(x_t, h, c)
+            outputs.append(h)
+        return torch.stack(outputs), (h.unsqueeze(0), c.unsqueeze(0))
+
+
+def make(impl: str, input_size: int, hidden_size: int) -> nn.Module:
+    if impl == "nn.LSTM":
+        return nn.LSTM(input_size, hidden_size)
+    if impl == "naive-loop":
+        return NaiveLoop(input_size, hidden_size)
+    backend, peephole = impl.split("/")
+    if backend == "fused-torch":  # the pure-PyTorch implementation of the fused algorithm, on CPU
+        backend = "fused"
+    if backend == "compile":  # a fresh compilation, so that warm-up includes it
+        torch._dynamo.reset()
+        _step_function.cache_clear()
+    return PeepholeLSTM(input_size, hidden_size, peephole=peephole, backend=backend)
+
+
+def path_of(impl: str, module: nn.Module) -> str:
+    if impl == "nn.LSTM":
+        return "aten lstm"
+    if impl == "naive-loop":
+        return "python loop"
+    return module.last_path
+
+
+def gemm_flops(impl: str, batch: int, steps: int, input_size: int, hidden: int) -> float:
+    """Forward GEMM FLOPs of one sequence: input and recurrent projections (+ full peephole matrices)."""
+    per_step = 2 * batch * 4 * hidden * (input_size + hidden)
+    if impl.endswith("/full"):
+        per_step += 2 * batch * 3 * hidden * hidden
+    return float(per_step * steps)
+
+
+@dataclass
+class Row:
+    shape: str
+    B: int
+    T: int
+    input: int
+    hidden: int
+    impl: str
+    path: str
+    ms_per_step: float
+    tokens_per_s: float
+    gflops: float
+    ratio_vs_lstm: Optional[float]
+    warmup_s: float
+    warmup_T100_s: Optional[float] = None  # long shape only: first call at T=100, same B/input/hidden
+
+
+class Bench:
+    """One implementation on one shape: a module, its input, and a timed call."""
+
+    def __init__(self, impl: str, shape: str, dims, seed: int = 0):
+        self.impl, self.shape = impl, shape
+        self.B, self.T, self.I, self.H = dims
+        torch.manual_seed(seed)
+        self.module = make(impl, self.I, self.H)
+        self.stream = shape == "stream"
+        if self.stream:
+            self.module.eval()
+            self.x = torch.randn(self.T, 1, 1, self.I)
+        else:
+            self.x = torch.randn(self.T, self.B, self.I)
+
+    def call(self) -> None:
+        if self.stream:
+            with torch.no_grad():
+                state = None
+                for x_t in self.x:
+                    _, state = self.module(x_t, state)
+            return
+        out, _ = self.module(self.x)
+        out.sum().backward()
+        for p in self.module.parameters():
+            p.grad = None
+
+    def timed(self, inner: int) -> float:
+        start = time.perf_counter()
+        for _ in range(inner):
+            self.call()
+        return (time.perf_counter() - start) / inner
+
+
+def first_call_seconds(impl: str, shape: str, dims) -> float:
+    bench = Bench(impl, shape, dims, seed=1)
+    return bench.timed(1)
+
+
+def run_shape(shape: str, dims, impls, repeats: int, min_seconds: float) -> list[Row]:
+    B, T, I, H = dims
+    warmups = {impl: first_call_seconds(impl, shape, dims) for impl in impls}
+    warm_t100 = {}
+    if shape == "long":
+        warm_t100 = {impl: first_call_seconds(impl, shape, (B, 100, I, H)) for impl in impls}
+    benches = {impl: Bench(impl, shape, dims) for impl in impls}
+    for bench in benches.values():
+        bench.call()
+    # Enough calls per measurement that each one lasts min_seconds (timer and scheduler noise).
+    inner = {impl: max(1, int(min_seconds / max(b.timed(1), 1e-6))) for impl, b in benches.items()}
+    times = {impl: [] for impl in impls}
+    for r in range(repeats):
+        order = impls[r % len(impls):] + impls[:r % len(impls)]
+        for impl in order:
+            times[impl].append(benches[impl].timed(inner[impl]))
+    rows = []
+    reference = times.get("nn.LSTM")
+    for impl in impls:
+        t = statistics.median(times[impl])
+        ratio = None
+        if reference is not None:
+            ratio = statistics.median(a / b for a, b in zip(times[impl], reference))
+        tokens = B * T if shape != "stream" else T
+        flops = gemm_flops(impl, B, T, I, H) * (1 if shape == "stream" else 3)
+        per_call = t if shape != "stream" else t / T  # stream: per single-step call
+        rows.append(Row(
+            shape=shape, B=B, T=T, input=I, hidden=H, impl=impl, path=path_of(impl, benches[impl].module),
+            ms_per_step=per_call * 1e3, tokens_per_s=tokens / t, gflops=flops / t / 1e9, ratio_vs_lstm=ratio,
+            warmup_s=warmups[impl], warmup_T100_s=warm_t100.get(impl),
+        ))
+    return rows
+
+
+def parse_shapes(text: str):
+    shapes = {}
+    for name in text.split(","):
+        name = name.strip()
+        if name in SHAPES:
+            shapes[name] = SHAPES[name]
+            continue
+        try:
+            dims = tuple(int(v) for v in name.split("x"))
+        except ValueError:
+            dims = ()
+        if len(dims) != 4 or min(dims) < 1:
+            raise SystemExit(f"--shapes: unknown shape {name!r}; use {', '.join(SHAPES)} or BxTxINPUTxHIDDEN")
+        shapes[name] = dims
+    return shapes
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "python": platform.python_version(), "fused_extension": fused.extension_available(),
+        "loadavg_start": os.getloadavg()[0],
+    }
+
+
+def table(rows: list[Row]) -> str:
+    head = f"{'shape':<8} {'impl':<20} {'path':<24} {'ms/step':>9} {'tokens/s':>10} {'GFLOP/s':>8} {'vs LSTM':>8} {'warm-up s':>10}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        ratio = f"{r.ratio_vs_lstm:.2f}x" if r.ratio_vs_lstm is not None else "-"
+        warm = f"{r.warmup_s:.3f}" + (f" ({r.warmup_T100_s:.3f} @T=100)" if r.warmup_T100_s is not None else "")
+        lines.append(f"{r.shape:<8} {r.impl:<20} {r.path[:24]:<24} {r.ms_per_step:>9.3f} {r.tokens_per_s:>10.0f} "
+                     f"{r.gflops:>8.2f} {ratio:>8} {warm:>10}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", default=",".join(SHAPES), help="names or BxTxINPUTxHIDDEN, comma-separated")
+    parser.add_argument("--impls", default=",".join(DEFAULT_IMPLS), help=f"comma-separated, from {', '.join(ALL_IMPLS)}")
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds per shape (median is reported)")
+    parser.add_argument("--min-seconds", type=float, default=0.05, help="minimum duration of one measurement")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--quick", action="store_true", help="small and stream shapes, 3 rounds")
+    parser.add_argument("--json", default=None, help="also write the results as JSON to this path ('-' = stdout)")
+    args = parser.parse_args(argv)
+    impls = [i.strip() for i in args.impls.split(",")]
+    bad = [i for i in impls if i not in ALL_IMPLS]
+    if bad:
+        raise SystemExit(f"--impls: unknown {bad}; choose from {', '.join(ALL_IMPLS)}")
+    if args.repeats < 1:
+        raise SystemExit("--repeats must be >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shapes = parse_shapes("small,stream" if args.quick else args.shapes)
+    repeats = 3 if args.quick else args.repeats
+
+    info = machine()
+    rows: list[Row] = []
+    for name, dims in shapes.items():
+        rows += run_shape(name, dims, impls, repeats, args.min_seconds)
+        if args.json != "-":
+            print(table([r for r in rows if r.shape == name]), flush=True)
+    info["loadavg_end"] = os.getloadavg()[0]
+    if args.json != "-":
+        print(f"\n{info}")
+    if args.json:
+        payload = json.dumps({"machine": info, "results": [asdict(r) for r in rows]}, indent=2)
+        if args.json == "-":
+            print(payload)
+        else:
+            with open(args.json, "w") as f:
+                f.write(payload + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
