@@ -40,7 +40,8 @@ def rewrite_child_argv() -> None:
     if not is_child_rank():
         return
     job = json.loads(os.environ[JOB_ENV])
-    sys.argv = [sys.argv[0], *job["overrides"],
+    config_name = ["--config-name", job["config_name"]] if job.get("config_name") else []
+    sys.argv = [sys.argv[0], *config_name, *job["overrides"],
                 f"hydra.run.dir={_quote(job['run_dir'])}",
                 "hydra.output_subdir=null",
                 f"hydra.job.name=ddp_rank{os.environ['LOCAL_RANK']}"]
@@ -52,8 +53,12 @@ def ddp_job(run_dir: str, overrides: list[str]) -> Iterator[None]:
     if is_child_rank():
         yield
         return
+    from hydra.core.hydra_config import HydraConfig
+
     saved = {k: os.environ.get(k) for k in _LAUNCHER_ENV}
-    os.environ[JOB_ENV] = json.dumps({"run_dir": run_dir, "overrides": list(overrides)})
+    # The config name too: a job started with --config-name must not come back as the default config.
+    config_name = HydraConfig.get().job.config_name if HydraConfig.initialized() else None
+    os.environ[JOB_ENV] = json.dumps({"run_dir": run_dir, "overrides": list(overrides), "config_name": config_name})
     try:
         yield
     finally:
