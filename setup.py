@@ -26,12 +26,22 @@ def extensions():
     # PEEPHOLE_LSTM_PORTABLE=1 to build a binary that runs on any x86-64/arm64 CPU.
     if os.environ.get("PEEPHOLE_LSTM_PORTABLE") != "1" and platform.machine() in ("x86_64", "AMD64"):
         args.append("-march=native")
+    class OptionalBuildExt(BuildExtension):
+        """A compiler error leaves the package on the pure-PyTorch path instead of failing the install."""
+
+        def build_extension(self, ext):
+            try:
+                super().build_extension(ext)
+            except Exception as error:  # noqa: BLE001 - any compiler/linker failure
+                print(f"peephole-lstm: could not build the fused C++ kernel ({error}); "
+                      "the fused backend will use its pure-PyTorch path", file=sys.stderr)
+
     ext = CppExtension(
         "peephole_lstm.nn._fused_cpu",
         ["src/peephole_lstm/nn/csrc/fused_lstm.cpp"],
         extra_compile_args=args,
     )
-    return {"build_ext": BuildExtension}, [ext]
+    return {"build_ext": OptionalBuildExt}, [ext]
 
 
 cmdclass, ext_modules = extensions()
