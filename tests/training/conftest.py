@@ -64,3 +64,4 @@ def _offline_wandb(monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     yield
     GlobalHydra.instance().clear()
+    HydraConfig.instance().cfg = None  # an in-process run's job config must not leak into later tests
