@@ -2,6 +2,8 @@
 the produced checkpoint, bad input failing before training, and DDP on CPU with two processes."""
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -12,13 +14,20 @@ TINY = [*FAST, "trainer.max_epochs=2", "+trainer.limit_train_batches=3", "data.l
 TINY = [o for o in TINY if o not in ("trainer.max_epochs=1", "+trainer.limit_train_batches=2")]
 
 
-def test_train_then_eval_on_the_checkpoint(tmp_path):
-    proc = run_script("train.py", *TINY, "tags=[test,tiny]", cwd=tmp_path)
+def test_showcase_run_then_eval_on_its_checkpoint(tmp_path):
+    """`python train.py` as shipped (tags only label the W&B run): the README's showcase."""
+    start = time.perf_counter()
+    proc = run_script("train.py", "tags=[showcase,test]", cwd=tmp_path)
+    seconds = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = run_dirs(tmp_path)
     res = results(run)
     assert res["status"] == "completed" and res["error"] is None
-    assert res["overrides"] == [*TINY, "tags=[test,tiny]"]
+    assert res["overrides"] == ["tags=[showcase,test]"]
+    # a meaningful forecast (persistence scores 0.152 on this split; README: 0.022 in 15-17 s). The time
+    # bound only guards against gross regressions: the 60 s target is measured on an idle machine.
+    assert res["metrics"]["test/nrmse"] < 0.05
+    assert seconds < 120, f"the showcase took {seconds:.0f} s"
     assert {"train/loss", "val/loss", "val/mse", "val/mae", "val/nrmse",
             "test/loss", "test/mse", "test/mae", "test/nrmse"} <= set(res["metrics"])
     assert res["run_dir"] == str(run.resolve()) and res["seed"] == 0 and res["package_version"]
@@ -35,18 +44,17 @@ def test_train_then_eval_on_the_checkpoint(tmp_path):
     assert wandb["group"] is None  # single run: no sweep group
     logged = summary(offline / f"run-{wandb['id']}.wandb")
     assert logged["exit_code"] == 0 and logged["run"].job_type == "train"
-    assert list(logged["run"].tags) == ["test", "tiny"] and logged["run"].run_group == ""
+    assert list(logged["run"].tags) == ["showcase", "test"] and logged["run"].run_group == ""
     assert logged["config"]["model"]["peephole"] == "diagonal"  # the nested, resolved config
-    assert logged["config"]["data"]["length"] == 400
+    assert logged["config"]["data"]["length"] == 2000
     assert {"train/loss", "val/loss", "val/nrmse", "test/nrmse"} <= logged["history_keys"]
     assert logged["summary"]["test/nrmse"] == pytest.approx(res["metrics"]["test/nrmse"])
     assert "plots/test_forecast/_type" in logged["summary"]  # the forecast plot as a W&B image
     # the checkpoint loads without unpickling code and carries the config eval.py rebuilds from
     checkpoint = torch.load(best, weights_only=True)
-    assert checkpoint["run_config"]["data"]["length"] == 400
+    assert checkpoint["run_config"]["data"]["length"] == 2000
 
-    proc = run_script("eval.py", f"ckpt_path={best}", "logger=csv", "+trainer.limit_test_batches=2",
-                      "extras.print_config=false", cwd=tmp_path)
+    proc = run_script("eval.py", f"ckpt_path={best}", "logger=csv", "extras.print_config=false", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "test/nrmse" in proc.stdout
     (eval_run,) = run_dirs(tmp_path, "eval")
