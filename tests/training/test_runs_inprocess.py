@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
+from classify_data import ToyClassifyDataModule
 from conftest import CONF, FAST, compose_config, results
 from peephole_lstm.data import DataError
-from peephole_lstm.training import train
+from peephole_lstm.training import SequenceModel, train
 from wandb_log import summary
 
 TASK_METRICS = {  # forecast and seq2seq share the regression metrics
@@ -96,3 +98,20 @@ def test_a_failing_job_ends_its_wandb_run_as_failed(tmp_path):
     import wandb
 
     assert wandb.run is None  # finished: nothing leaks into the next job of a multirun
+
+
+def test_classification_task_end_to_end(tmp_path):
+    cfg = compose_config("train", ["logger=csv", *FAST, "trainer.max_epochs=2"], output_dir=tmp_path)
+    cfg.data = {"_target_": "classify_data.ToyClassifyDataModule", "n": 64, "batch_size": 16}
+    train(cfg)
+    res = results(tmp_path)
+    assert res["status"] == "completed"
+    # val/acc is the accuracy of the best checkpoint on the validated batches (FAST: 2 batches of 16)
+    (best,) = tmp_path.glob("checkpoints/best-*.ckpt")
+    model = SequenceModel.load_from_checkpoint(best, weights_only=True).eval()
+    x, y = ToyClassifyDataModule(n=64).data[:32]
+    with torch.no_grad():
+        accuracy = (model(x)[0].argmax(-1) == y).float().mean().item()
+    assert res["metrics"]["val/acc"] == pytest.approx(accuracy)
+    assert res["metrics"]["test/acc"] == pytest.approx(accuracy)  # the toy test split is the same data
+    assert not list(tmp_path.glob("plots/*.png"))  # prediction plots are for regression tasks
