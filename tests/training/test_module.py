@@ -52,7 +52,8 @@ def test_forecast_reads_the_last_hidden_state():
 def test_arch_selects_the_network_and_variant_overrides_options():
     assert isinstance(recurrent_network(model_cfg(arch="lstm"), 3), torch.nn.LSTM)
     assert isinstance(recurrent_network(model_cfg(arch="gru"), 3), torch.nn.GRU)
-    net = recurrent_network(model_cfg(variant="CIFG", peephole="full"), 3)
+    with pytest.warns(UserWarning, match=r"model.variant=CIFG sets its own options; ignoring model.peephole='full'"):
+        net = recurrent_network(model_cfg(variant="CIFG", peephole="full"), 3)
     assert isinstance(net, PeepholeLSTM)
     assert net.options[0].coupled and net.options[0].peephole == "diagonal"  # the preset wins
     assert recurrent_network(model_cfg(compile=True), 3).backend == "compile"
@@ -122,3 +123,12 @@ def test_bits_per_character_is_cross_entropy_in_bits():
     uniform = BitsPerCharacter()
     uniform.update(torch.zeros(2, 3, 8), torch.zeros(2, 3, dtype=torch.long))
     assert uniform.compute().item() == pytest.approx(3.0, rel=1e-6)  # log2(8)
+
+
+def test_variant_over_default_options_is_silent():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net = recurrent_network(model_cfg(variant="NP"), 3)
+    assert net.options[0].peephole == "none"

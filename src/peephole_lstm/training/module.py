@@ -6,6 +6,8 @@ rebuilds it without running code from the checkpoint.
 """
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from typing import Any
 
 import hydra.utils
@@ -18,6 +20,7 @@ from torchmetrics.text import Perplexity
 
 from peephole_lstm import PeepholeLSTM, variants
 from peephole_lstm.training.metrics import BitsPerCharacter, NormalizedRMSE
+from peephole_lstm.training.schema import ModelConfig
 
 # PeepholeLSTM keyword arguments taken from the model config (arch=peephole only).
 PEEPHOLE_OPTIONS = (
@@ -25,6 +28,10 @@ PEEPHOLE_OPTIONS = (
     "output_gate", "input_activation", "output_activation", "gate_recurrence", "forget_bias", "cell_clip",
     "layer_norm", "zoneout",
 )
+
+
+# The schema's defaults, to tell the options a user set from the ones a variant preset may replace.
+_DEFAULTS = {f.name: getattr(f.default, "value", f.default) for f in dataclasses.fields(ModelConfig)}
 
 
 class ModelConfigError(ValueError):
@@ -52,7 +59,13 @@ def recurrent_network(cfg: dict, input_size: int) -> nn.Module:
         return nn.GRU(**common)
     options = {k: cfg[k] for k in PEEPHOLE_OPTIONS}
     if cfg.get("variant") is not None:
-        options.update(variants[cfg["variant"]])
+        preset = variants[cfg["variant"]]
+        # The preset wins; say so when it silently replaces a value the user changed from its default.
+        ignored = [f"model.{k}={options[k]!r}" for k, v in preset.items()
+                   if options[k] != v and options[k] != _DEFAULTS[k]]
+        if ignored:
+            warnings.warn(f"model.variant={cfg['variant']} sets its own options; ignoring {', '.join(ignored)}")
+        options.update(preset)
     backend = cfg["backend"]
     if cfg["compile"]:
         if backend not in ("auto", "compile"):
