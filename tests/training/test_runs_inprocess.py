@@ -8,7 +8,7 @@ from classify_data import ToyClassifyDataModule
 from conftest import CONF, FAST, compose_config, results
 from peephole_lstm.data import DataError
 from peephole_lstm.training import SequenceModel, train
-from wandb_log import summary
+from peephole_lstm.training.wandb_offline import offline_runs
 
 TASK_METRICS = {  # forecast and seq2seq share the regression metrics
     "regression": {"val/mse", "val/mae", "val/nrmse"},
@@ -93,8 +93,8 @@ def test_a_failing_job_ends_its_wandb_run_as_failed(tmp_path):
         train(cfg)
     res = results(tmp_path)
     assert res["status"] == "failed" and "learning rate" in res["error"]
-    (run_file,) = tmp_path.glob(f"wandb/offline-run-*/run-{res['wandb']['id']}.wandb")
-    assert summary(run_file)["exit_code"] == 1
+    (run,) = offline_runs(tmp_path)
+    assert run.run_id == res["wandb"]["id"] and run.exit_code == 1
     import wandb
 
     assert wandb.run is None  # finished: nothing leaks into the next job of a multirun

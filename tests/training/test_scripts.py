@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import FAST, results, run_dirs, run_script
-from wandb_log import summary
+from peephole_lstm.training.wandb_offline import read_offline_run
 
 TINY = [*FAST, "trainer.max_epochs=2", "+trainer.limit_train_batches=3", "data.length=400"]
 TINY = [o for o in TINY if o not in ("trainer.max_epochs=1", "+trainer.limit_train_batches=2")]
@@ -42,14 +42,14 @@ def test_showcase_run_then_eval_on_its_checkpoint(tmp_path):
     (offline,) = run.glob("wandb/offline-run-*")
     assert wandb["dir"] == str(offline) and (offline / f"run-{wandb['id']}.wandb").is_file()
     assert wandb["group"] is None  # single run: no sweep group
-    logged = summary(offline / f"run-{wandb['id']}.wandb")
-    assert logged["exit_code"] == 0 and logged["run"].job_type == "train"
-    assert list(logged["run"].tags) == ["showcase", "test"] and logged["run"].run_group == ""
-    assert logged["config"]["model"]["peephole"] == "diagonal"  # the nested, resolved config
-    assert logged["config"]["data"]["length"] == 2000
-    assert {"train/loss", "val/loss", "val/nrmse", "test/nrmse"} <= logged["history_keys"]
-    assert logged["summary"]["test/nrmse"] == pytest.approx(res["metrics"]["test/nrmse"])
-    assert "plots/test_forecast/_type" in logged["summary"]  # the forecast plot as a W&B image
+    logged = read_offline_run(offline)
+    assert logged.run_id == wandb["id"] and logged.exit_code == 0 and logged.job_type == "train"
+    assert logged.tags == ["showcase", "test"] and logged.group == ""
+    assert logged.config["model"]["peephole"] == "diagonal"  # the nested, resolved config
+    assert logged.config["data"]["length"] == 2000
+    assert {"train/loss", "val/loss", "val/nrmse", "test/nrmse"} <= logged.history_keys
+    assert logged.summary["test/nrmse"] == pytest.approx(res["metrics"]["test/nrmse"])
+    assert "plots/test_forecast/_type" in logged.summary  # the forecast plot as a W&B image
     # the checkpoint loads without unpickling code and carries the config eval.py rebuilds from
     checkpoint = torch.load(best, weights_only=True)
     assert checkpoint["run_config"]["data"]["length"] == 2000
