@@ -1,4 +1,5 @@
-"""W&B mode selection: offline without credentials, online with them, WANDB_MODE and the config win."""
+"""W&B mode selection (offline without credentials, online with them, WANDB_MODE and the config win) and
+the offline run reader on real W&B runs."""
 from __future__ import annotations
 
 import pytest
@@ -43,3 +44,29 @@ def test_wandb_mode_env_and_config_take_precedence(no_credentials, monkeypatch):
 def test_invalid_mode_lists_the_allowed_values(no_credentials):
     with pytest.raises(ValueError, match="logger.wandb.mode='onlin' is not valid; allowed values: null"):
         resolve_wandb_mode("onlin")
+
+
+def test_offline_run_reader_reads_back_a_real_run_across_blocks(tmp_path):
+    import wandb
+
+    from peephole_lstm.training.wandb_offline import offline_runs
+
+    run = wandb.init(mode="offline", dir=tmp_path, project="p", group="g", job_type="train", tags=["a", "b"],
+                     config={"model": {"hidden_size": 8, "peephole": "full"}, "seed": 3})
+    for step in range(400):  # enough records to span several 32 KiB blocks of the log
+        run.log({"val/loss": 1.0 / (step + 1), "text": "x" * 50})
+    run.finish(exit_code=1)
+    (read,) = offline_runs(tmp_path)
+    assert sum(f.stat().st_size for f in read.path.glob("run-*.wandb")) > 3 * 32768
+    assert (read.run_id, read.group, read.job_type, read.tags) == (run.id, "g", "train", ["a", "b"])
+    assert read.config["model"] == {"hidden_size": 8, "peephole": "full"} and read.config["seed"] == 3
+    assert read.history_rows == 400 and read.summary["val/loss"] == pytest.approx(1 / 400)
+    assert read.exit_code == 1
+
+
+def test_offline_run_reader_rejects_other_files(tmp_path):
+    from peephole_lstm.training.wandb_offline import records
+
+    (tmp_path / "run-x.wandb").write_bytes(b"not a wandb file")
+    with pytest.raises(ValueError, match="is not a W&B run file"):
+        list(records(tmp_path / "run-x.wandb"))
