@@ -99,10 +99,13 @@ template <typename S, typename A>
 void sigmoid_gate(int64_t H, S* __restrict__ dst, const S* __restrict__ x, const S* __restrict__ z,
                   const S* __restrict__ pf, const S* __restrict__ w, const S* __restrict__ cell) {
   if (pf) {
+    #pragma GCC ivdep
     for (int64_t j = 0; j < H; ++j) dst[j] = sigmoid(A(x[j]) + A(z[j]) + A(pf[j]));
   } else if (w) {
+    #pragma GCC ivdep
     for (int64_t j = 0; j < H; ++j) dst[j] = sigmoid(A(x[j]) + A(z[j]) + A(w[j]) * A(cell[j]));
   } else {
+    #pragma GCC ivdep
     for (int64_t j = 0; j < H; ++j) dst[j] = sigmoid(A(x[j]) + A(z[j]));
   }
 }
@@ -110,17 +113,20 @@ void sigmoid_gate(int64_t H, S* __restrict__ dst, const S* __restrict__ x, const
 template <typename S, typename A>
 void output_row(int64_t H, bool act_out, const S* __restrict__ o, const S* __restrict__ c, S* __restrict__ r) {
   if (act_out) {
+    #pragma GCC ivdep
     for (int64_t j = 0; j < H; ++j) r[j] = A(o[j]) * tanh_(A(c[j]));
   } else {
+    #pragma GCC ivdep
     for (int64_t j = 0; j < H; ++j) r[j] = A(o[j]) * A(c[j]);
   }
 }
 
 // Backward of the output gate: dz_o, and dc_t up to (not through) the clip, from dr = dL/d(o * act(c)).
-template <typename S, typename A>
-void output_grad_row(int64_t H, bool act_out, A clip, const S* __restrict__ cnew, const S* __restrict__ d,
+template <typename S, typename A, bool act_out>  // a template flag: GCC 12 does not vectorise a select on a bool argument here
+void output_grad_row(int64_t H, A clip, const S* __restrict__ cnew, const S* __restrict__ d,
                      const S* __restrict__ dcn, const S* __restrict__ o, const S* __restrict__ wpo,
                      S* __restrict__ dzo, S* __restrict__ dct) {
+  #pragma GCC ivdep
   for (int64_t j = 0; j < H; ++j) {
     const A c0 = cnew[j];
     const A lo = c0 < -clip ? -clip : c0;
@@ -142,6 +148,7 @@ void cell_grad_row(int64_t H, bool coupled, bool act_in, A clip, const S* __rest
                    const S* __restrict__ dct, const S* __restrict__ dck, const S* __restrict__ dzo,
                    const S* __restrict__ wpi, const S* __restrict__ wpf, const S* __restrict__ wpo,
                    S* __restrict__ dzi, S* __restrict__ dzf, S* __restrict__ dzg, S* __restrict__ dcx) {
+  #pragma GCC ivdep
   for (int64_t j = 0; j < H; ++j) {
     const A cpre = cnew[j];
     const A g0 = cpre < -clip ? A(0) : A(dct[j]);
@@ -159,6 +166,7 @@ void cell_grad_row(int64_t H, bool coupled, bool act_in, A clip, const S* __rest
     dcx[j] = g * f + A(dck[j]);
   }
   // A separate pass: with these three terms in the loop above GCC 12 gives up vectorising it.
+  #pragma GCC ivdep
   for (int64_t j = 0; j < H; ++j) dcx[j] = A(dcx[j]) + A(dzi[j]) * A(wpi[j]) + A(dzf[j]) * A(wpf[j]) + A(dzo[j]) * A(wpo[j]);
 }
 
@@ -232,8 +240,10 @@ std::vector<at::Tensor> forward_impl(const Config& k, const at::Tensor& xz, cons
         const S* __restrict__ xg = x + k.bg * H;
         const S* __restrict__ zg = zr + k.bg * H;
         if (k.act_in) {
+          #pragma GCC ivdep
           for (int64_t j = 0; j < H; ++j) g[j] = tanh_(A(xg[j]) + A(zg[j]));
         } else {
+          #pragma GCC ivdep
           for (int64_t j = 0; j < H; ++j) g[j] = A(xg[j]) + A(zg[j]);
         }
       }
@@ -245,6 +255,7 @@ std::vector<at::Tensor> forward_impl(const Config& k, const at::Tensor& xz, cons
         S* __restrict__ cnr = CN + b * H;
         S* __restrict__ ctr = CT + b * H;
         const bool coupled = k.coupled;
+        #pragma GCC ivdep
         for (int64_t j = 0; j < H; ++j) {
           const A f = F[j];
           const A i = coupled ? A(1) - f : A(I[j]);
@@ -288,7 +299,9 @@ std::vector<at::Tensor> forward_impl(const Config& k, const at::Tensor& xz, cons
       const S* __restrict__ cp = CP + b * H;
       const S* __restrict__ ct = CT + b * H;
       if (live) {
+        #pragma GCC ivdep
         for (int64_t j = 0; j < P; ++j) hs_r[j] = A(hn[j]) * (1 - z) + A(hp[j]) * z;
+        #pragma GCC ivdep
         for (int64_t j = 0; j < H; ++j) cs_r[j] = A(ct[j]) * (1 - z) + A(cp[j]) * z;
         if (O) std::copy(hs_r, hs_r + P, O + b * P);
       } else {
@@ -372,11 +385,13 @@ std::vector<at::Tensor> backward_impl(const Config& k, const at::Tensor& grad_ou
         }
         const S* __restrict__ g_r = G ? G + b * P : ZERO;
         const int64_t gstride = G ? 1 : 0;
+        #pragma GCC ivdep
         for (int64_t j = 0; j < P; ++j) {
           const A g = A(dh_r[j]) + A(g_r[j * gstride]);
           dhn_r[j] = g * (1 - z);
           dhk_r[j] = g * z;
         }
+        #pragma GCC ivdep
         for (int64_t j = 0; j < H; ++j) {
           const A g = dc_r[j];
           dcn_r[j] = g * (1 - z);
@@ -396,9 +411,9 @@ std::vector<at::Tensor> backward_impl(const Config& k, const at::Tensor& grad_ou
     S* SINK = sink.data_ptr<S>();
     // Output gate and the cell's gradient up to the output peephole.
     for_rows(B, H, [&](int64_t b) {
-      output_grad_row<S, A>(H, k.act_out, clip, CNEW + b * H, DR + b * H, DCN + b * H,
-                            k.bo >= 0 ? ACT + b * GH + k.bo * H : ONE, WPO_CUR,
-                            k.bo >= 0 ? DZ + b * GH + k.bo * H : SINK + b * 2 * H, DCT + b * H);
+      auto row = k.act_out ? output_grad_row<S, A, true> : output_grad_row<S, A, false>;
+      row(H, clip, CNEW + b * H, DR + b * H, DCN + b * H, k.bo >= 0 ? ACT + b * GH + k.bo * H : ONE, WPO_CUR,
+          k.bo >= 0 ? DZ + b * GH + k.bo * H : SINK + b * 2 * H, DCT + b * H);
     });
     if (k.o_full_current()) dct.addmm_(dZ[t].narrow(1, k.bo * H, H), w_o);
 
