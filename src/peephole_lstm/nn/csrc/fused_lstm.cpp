@@ -142,8 +142,8 @@ void output_grad_row(int64_t H, A clip, const S* __restrict__ cnew, const S* __r
 }
 
 // Backward of the cell update and the i, f, g gates; dcx = dL/dc_{t-1} (diagonal peepholes included).
-template <typename S, typename A>
-void cell_grad_row(int64_t H, bool coupled, bool act_in, A clip, const S* __restrict__ F, const S* __restrict__ I,
+template <typename S, typename A, bool coupled, bool act_in>
+void cell_grad_row(int64_t H, A clip, const S* __restrict__ F, const S* __restrict__ I,
                    const S* __restrict__ G, const S* __restrict__ c_old, const S* __restrict__ cnew,
                    const S* __restrict__ dct, const S* __restrict__ dck, const S* __restrict__ dzo,
                    const S* __restrict__ wpi, const S* __restrict__ wpf, const S* __restrict__ wpo,
@@ -429,11 +429,12 @@ std::vector<at::Tensor> backward_impl(const Config& k, const at::Tensor& grad_ou
         return;
       }
       const S* a = ACT + b * GH;
-      cell_grad_row<S, A>(H, k.coupled, k.act_in, clip, k.bf >= 0 ? a + k.bf * H : ONE,
-                          k.bi >= 0 ? a + k.bi * H : ONE, a + k.bg * H, CP + b * H, CNEW + b * H, DCT + b * H,
-                          DCK + b * H, k.bo >= 0 ? dz + k.bo * H : ZERO, WPI, WPF, WPO_PREV,
-                          k.bi >= 0 ? dz + k.bi * H : SINK + b * 2 * H,
-                          k.bf >= 0 ? dz + k.bf * H : SINK + b * 2 * H + H, dz + k.bg * H, DCX + b * H);
+      auto row = k.coupled ? (k.act_in ? cell_grad_row<S, A, true, true> : cell_grad_row<S, A, true, false>)
+                           : (k.act_in ? cell_grad_row<S, A, false, true> : cell_grad_row<S, A, false, false>);
+      row(H, clip, k.bf >= 0 ? a + k.bf * H : ONE, k.bi >= 0 ? a + k.bi * H : ONE, a + k.bg * H, CP + b * H,
+          CNEW + b * H, DCT + b * H, DCK + b * H, k.bo >= 0 ? dz + k.bo * H : ZERO, WPI, WPF, WPO_PREV,
+          k.bi >= 0 ? dz + k.bi * H : SINK + b * 2 * H, k.bf >= 0 ? dz + k.bf * H : SINK + b * 2 * H + H,
+          dz + k.bg * H, DCX + b * H);
     });
     auto dz_t = dZ[t];
     if (k.si >= 0) dc_next.addmm_(dz_t.narrow(1, k.bi * H, H), w_ch[k.pi]);
