@@ -15,7 +15,7 @@ from peephole_lstm.sweeps import discover_jobs, group_jobs
 from peephole_lstm.sweeps.launcher import resume_overrides
 from peephole_lstm.training import register_configs
 from sweep_helpers import ROOT, TINY, explain, job_dirs, results, run_train
-from wandb_files import offline_runs
+from peephole_lstm.training.wandb_offline import offline_runs
 
 
 def test_ddp_cpu_inside_multirun_gives_one_run_dir_and_one_wandb_run_per_job(tmp_path):

@@ -16,7 +16,7 @@ from peephole_lstm.nn.options import variants
 from peephole_lstm.sweeps import discover_jobs
 from peephole_lstm.training import register_configs
 from sweep_helpers import ROOT, TINY, explain, job_dirs, results, run_train
-from wandb_files import offline_runs
+from peephole_lstm.training.wandb_offline import offline_runs
 
 REPORT = ROOT / "scripts" / "sweep_report.py"
 
