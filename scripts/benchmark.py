@@ -9,7 +9,8 @@
 A training step is forward + backward of output.sum() over the whole sequence (float32). Each round
 times every implementation once, in rotating order, so the ratio to nn.LSTM is the median of ratios
 measured side by side in the same process. "warm-up" is the first call of a fresh module (any
-compilation included). The "stream" shape is inference with B=1, one step per call, carrying the state.
+compilation included); its one-off part is the first call minus the second (the second call's own
+work grows with T, the one-off part must not). On the long shape both are also measured at T=100. The "stream" shape is inference with B=1, one step per call, carrying the state.
 GFLOP/s counts the GEMM work only (3x the forward GEMMs for a training step).
 """
 from __future__ import annotations
@@ -123,7 +124,9 @@ class Row:
     gflops: float
     ratio_vs_lstm: Optional[float]
     warmup_s: float
-    warmup_T100_s: Optional[float] = None  # long shape only: first call at T=100, same B/input/hidden
+    warmup_extra_s: float  # first call minus second call: the one-off cost (compilation, allocator, caches)
+    warmup_T100_s: Optional[float] = None  # long shape only: the same at T=100, same B/input/hidden
+    warmup_T100_extra_s: Optional[float] = None
 
 
 class Bench:
@@ -160,17 +163,19 @@ class Bench:
         return (time.perf_counter() - start) / inner
 
 
-def first_call_seconds(impl: str, shape: str, dims) -> float:
+def first_calls(impl: str, shape: str, dims) -> tuple[float, float]:
+    """(first call, first minus second call) of a fresh module."""
     bench = Bench(impl, shape, dims, seed=1)
-    return bench.timed(1)
+    first = bench.timed(1)
+    return first, first - bench.timed(1)
 
 
 def run_shape(shape: str, dims, impls, repeats: int, min_seconds: float) -> list[Row]:
     B, T, I, H = dims
-    warmups = {impl: first_call_seconds(impl, shape, dims) for impl in impls}
+    warmups = {impl: first_calls(impl, shape, dims) for impl in impls}
     warm_t100 = {}
     if shape == "long":
-        warm_t100 = {impl: first_call_seconds(impl, shape, (B, 100, I, H)) for impl in impls}
+        warm_t100 = {impl: first_calls(impl, shape, (B, 100, I, H)) for impl in impls}
     benches = {impl: Bench(impl, shape, dims) for impl in impls}
     for bench in benches.values():
         bench.call()
@@ -194,7 +199,9 @@ def run_shape(shape: str, dims, impls, repeats: int, min_seconds: float) -> list
         rows.append(Row(
             shape=shape, B=B, T=T, input=I, hidden=H, impl=impl, path=path_of(impl, benches[impl].module),
             ms_per_step=per_call * 1e3, tokens_per_s=tokens / t, gflops=flops / t / 1e9, ratio_vs_lstm=ratio,
-            warmup_s=warmups[impl], warmup_T100_s=warm_t100.get(impl),
+            warmup_s=warmups[impl][0], warmup_extra_s=warmups[impl][1],
+            warmup_T100_s=warm_t100[impl][0] if warm_t100 else None,
+            warmup_T100_extra_s=warm_t100[impl][1] if warm_t100 else None,
         ))
     return rows
 
@@ -231,13 +238,16 @@ def machine() -> dict:
 
 
 def table(rows: list[Row]) -> str:
-    head = f"{'shape':<8} {'impl':<20} {'path':<24} {'ms/step':>9} {'tokens/s':>10} {'GFLOP/s':>8} {'vs LSTM':>8} {'warm-up s':>10}"
+    head = (f"{'shape':<8} {'impl':<20} {'path':<24} {'ms/step':>9} {'tokens/s':>10} {'GFLOP/s':>8} {'vs LSTM':>8} "
+            f"{'warm-up s (one-off part)':>26}")
     lines = [head, "-" * len(head)]
     for r in rows:
         ratio = f"{r.ratio_vs_lstm:.2f}x" if r.ratio_vs_lstm is not None else "-"
-        warm = f"{r.warmup_s:.3f}" + (f" ({r.warmup_T100_s:.3f} @T=100)" if r.warmup_T100_s is not None else "")
+        warm = f"{r.warmup_s:.3f} ({r.warmup_extra_s:+.3f})"
+        if r.warmup_T100_s is not None:
+            warm += f"; T=100: {r.warmup_T100_s:.3f} ({r.warmup_T100_extra_s:+.3f})"
         lines.append(f"{r.shape:<8} {r.impl:<20} {r.path[:24]:<24} {r.ms_per_step:>9.3f} {r.tokens_per_s:>10.0f} "
-                     f"{r.gflops:>8.2f} {ratio:>8} {warm:>10}")
+                     f"{r.gflops:>8.2f} {ratio:>8} {warm:>26}")
     return "\n".join(lines)
 
 
