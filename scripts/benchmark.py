@@ -10,7 +10,8 @@ A training step is forward + backward of output.sum() over the whole sequence (f
 times every implementation once, in rotating order, so the ratio to nn.LSTM is the median of ratios
 measured side by side in the same process. "warm-up" is the first call of a fresh module (any
 compilation included); its one-off part is the first call minus the second (the second call's own
-work grows with T, the one-off part must not). On the long shape both are also measured at T=100. The "stream" shape is inference with B=1, one step per call, carrying the state.
+work grows with T, the one-off part must not). On the long shape both are also measured at T=100.
+The "stream" shape is inference with B=1, one step per call, carrying the state (ms per call).
 GFLOP/s counts the GEMM work only (3x the forward GEMMs for a training step).
 """
 from __future__ import annotations
