@@ -77,6 +77,8 @@ def test_resume_refuses_another_config_and_a_run_dir_without_checkpoint(tmp_path
     assert proc.returncode != 0
     assert "model.hidden_size: 32 in the checkpoint, 16 now" in proc.stderr
     assert "resume with the run's original overrides" in proc.stderr
+    for record in ("results.json", "config.yaml", "checkpoints/last.ckpt"):  # the run's records are untouched
+        assert (run / record).read_bytes() == (reference / record).read_bytes(), record
 
     proc = run_script("train.py", *RUN, "ckpt_path=last", f"hydra.run.dir={tmp_path / 'fresh'}", cwd=tmp_path)
     assert proc.returncode != 0

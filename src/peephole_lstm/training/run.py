@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from peephole_lstm.training import ddp
-from peephole_lstm.training.checkpointing import AtomicCheckpointIO, load_file, prepare_resume
+from peephole_lstm.training.checkpointing import AtomicCheckpointIO, Resume, load_file, prepare_resume
 from peephole_lstm.training.checks import ConfigError, check_schema_keys, check_targets
 from peephole_lstm.training.loggers import finish_wandb, wandb_info
 from peephole_lstm.training.module import SequenceModel, recurrent_network
@@ -93,7 +93,7 @@ def _metrics(trainer: pl.Trainer, prefixes: tuple[str, ...]) -> dict:
     return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefixes)}
 
 
-def _fit(cfg: DictConfig, job: _Job) -> None:
+def _fit(cfg: DictConfig, job: _Job, resume: Optional[Resume] = None) -> None:
     check_schema_keys(cfg, TrainConfig)
     _check_config(cfg, ("data", "trainer", "callbacks", "logger"))
     model_cfg = resolved(cfg.model)
@@ -101,7 +101,6 @@ def _fit(cfg: DictConfig, job: _Job) -> None:
     if cfg.model.scheduler:
         check_targets(cfg.model.scheduler, "model.scheduler")
     recurrent_network(model_cfg, input_size=1)  # model options fail here, before any data is loaded
-    resume = prepare_resume(cfg, resolved(cfg))  # ckpt_path: resolves `last`, checks the file and its config
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule = hydra.utils.instantiate(cfg.data)
@@ -128,7 +127,10 @@ def _fit(cfg: DictConfig, job: _Job) -> None:
 
 def train(cfg: DictConfig) -> Optional[float]:
     """Fit (and test) as configured; returns the value of `optimized_metric` (for Optuna sweeps)."""
-    metrics = _run_job(cfg, _fit)
+    # ckpt_path is resolved (`last`) and checked (file, config) before the job writes into the run dir, so a
+    # refused resume leaves that run's config.yaml and results.json as they were.
+    resume = prepare_resume(cfg, resolved(cfg))
+    metrics = _run_job(cfg, lambda cfg, job: _fit(cfg, job, resume))
     if cfg.optimized_metric not in metrics:
         raise ConfigError(
             f"optimized_metric={cfg.optimized_metric!r} was not produced; available: {', '.join(sorted(metrics))}"
