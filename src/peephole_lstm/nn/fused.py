@@ -25,6 +25,7 @@ from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from peephole_lstm.nn.functional import layout
 from peephole_lstm.nn.options import CellOptions
@@ -114,6 +115,7 @@ class _Sequence(torch.autograd.Function):
         return (out if lengths is not None else out.clone()), hs[-1].clone(), cs[-1].clone()
 
     @staticmethod
+    @once_differentiable  # the hand-written BPTT is not itself differentiable (no double backward)
     def backward(ctx, grad_out, grad_hn, grad_cn):
         hs, cs, acts, cn, rs, w_hh, w_ch, w_hr, lengths = ctx.saved_tensors
         idx, flags, clip, zoneout = ctx.config
