@@ -146,6 +146,14 @@ class Bench:
             self.x = torch.randn(self.T, self.B, self.I)
 
     def call(self) -> None:
+        # "fused-torch/...": the pure-PyTorch implementation of the fused path, with the C++ kernel off.
+        previous = fused.set_extension_enabled(not self.impl.startswith("fused-torch"))
+        try:
+            self._call()
+        finally:
+            fused.set_extension_enabled(previous)
+
+    def _call(self) -> None:
         if self.stream:
             with torch.no_grad():
                 state = None
