@@ -48,7 +48,9 @@ def test_default_is_the_mackey_glass_showcase():
     assert list(cfg.logger) == ["wandb"] and cfg.trainer.accelerator == "cpu"
     assert cfg.optimized_metric == "val/loss" and cfg.test is True
     assert set(cfg.callbacks) >= {"model_checkpoint", "prediction_plot"}
-    assert cfg.callbacks.model_checkpoint.save_last is True
+    # last.ckpt has a single writer that saves every epoch (resume); model_checkpoint keeps the best
+    assert cfg.callbacks.model_checkpoint.save_last is False
+    assert cfg.callbacks.last_checkpoint._target_ == "peephole_lstm.training.checkpointing.LastCheckpoint"
 
 
 def test_eval_config_requires_ckpt_path():
