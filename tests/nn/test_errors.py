@@ -27,7 +27,6 @@ BAD_OPTIONS = [
     (dict(coupled=True, forget_gate=False), r"coupled=True.*forget_gate=False"),
     (dict(gate_recurrence=True, input_gate=False, forget_gate=False, output_gate=False), r"gate_recurrence=True"),
     (dict(layer_norm="yes"), r"layer_norm='yes' must be a bool"),
-    (dict(peephole_gates="o", output_gate=False), r"peephole='diagonal' with peephole_gates='o' leaves no gate"),
     (dict(forget_bias="1"), r"forget_bias='1' must be a number"),
 ]
 LAYER_ONLY = [

@@ -105,11 +105,6 @@ class CellOptions:
             raise ValueError("coupled=True needs the forget gate (i = 1 - f); it cannot be combined with forget_gate=False")
         if self.gate_recurrence and not self.gate_names:
             raise ValueError("gate_recurrence=True needs at least one of the input, forget or output gates")
-        if self.peephole != "none" and not self.peephole_rows:
-            raise ValueError(
-                f"peephole={self.peephole!r} with peephole_gates={gates!r} leaves no gate with a peephole: "
-                f"the gates that exist here are {self.gate_names!r}; use peephole='none' or name one of them"
-            )
         if isinstance(self.forget_bias, bool) or not isinstance(self.forget_bias, (int, float)):
             raise ValueError(f"forget_bias={self.forget_bias!r} must be a number")
         if self.cell_clip is not None and (
