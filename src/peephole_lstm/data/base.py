@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
+import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -114,3 +115,27 @@ def make_loader(
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
     )
+
+
+class SplitDataModule(L.LightningDataModule):
+    """A datamodule whose idempotent setup() fills ``self.datasets`` with the "train", "val" and "test"
+    splits; only the training split is shuffled (anew each epoch, from seed and epoch)."""
+
+    def _loader(self, split: str) -> DataLoader:
+        self.setup()
+        return make_loader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=split == "train",
+            num_workers=self.num_workers,
+            seed=self.seed,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")

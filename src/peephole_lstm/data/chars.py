@@ -6,7 +6,6 @@ PSF-licensed): present offline wherever Python is, and nothing is committed to t
 """
 from __future__ import annotations
 
-import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
@@ -14,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from peephole_lstm.data.base import (
     DataError,
+    SplitDataModule,
     TaskSpec,
     check_fractions,
     check_int,
@@ -71,7 +71,7 @@ class StreamDataset(Dataset):
         return self.ids[s : s + self.T], self.ids[s + 1 : s + self.T + 1]
 
 
-class CharDataModule(L.LightningDataModule):
+class CharDataModule(SplitDataModule):
     """Next-character prediction; the text is split chronologically into train | val | test."""
 
     def __init__(
@@ -172,12 +172,3 @@ class CharDataModule(L.LightningDataModule):
             seed=self.seed,
             drop_last=self.stateful,
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")

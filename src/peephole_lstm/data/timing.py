@@ -15,13 +15,12 @@ Inputs are one channel (the spikes). ``inverse_transform`` maps MSD targets back
 """
 from __future__ import annotations
 
-import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
-from peephole_lstm.data.base import TaskSpec, check_choice, check_int, make_loader
+from peephole_lstm.data.base import SplitDataModule, TaskSpec, check_choice, check_int
 
 TIMING_TASKS = ("msd", "gts", "pfg")
 MSD_TARGETS = ("end", "per_step")
@@ -38,7 +37,7 @@ def waveform(name: str, phase: np.ndarray) -> np.ndarray:
     return np.where(np.mod(phase, 1.0) < 0.5, 1.0, -1.0)
 
 
-class TimingDataModule(L.LightningDataModule):
+class TimingDataModule(SplitDataModule):
     """Synthetic timing tasks (see module docstring); every split is generated from ``seed``."""
 
     def __init__(
@@ -132,22 +131,3 @@ class TimingDataModule(L.LightningDataModule):
     def inverse_transform(self, y: Tensor) -> Tensor:
         """MSD: normalised delay -> delay in steps; GTS/PFG targets are already in their units."""
         return y * self.delay_max if self.task == "msd" else y
-
-    def _loader(self, split: str) -> DataLoader:
-        self.setup()
-        return make_loader(
-            self.datasets[split],
-            batch_size=self.batch_size,
-            shuffle=split == "train",
-            num_workers=self.num_workers,
-            seed=self.seed,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")

@@ -6,18 +6,17 @@ Normalisation statistics come from the training rows only.
 """
 from __future__ import annotations
 
-import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from peephole_lstm.data.base import (
     DataError,
+    SplitDataModule,
     TaskSpec,
     check_fractions,
     check_int,
-    make_loader,
     split_ranges,
 )
 
@@ -54,7 +53,7 @@ class WindowDataset(Dataset):
         return self.inputs[s:e], self.targets[e : e + self.horizon]
 
 
-class WindowedSeriesDataModule(L.LightningDataModule):
+class WindowedSeriesDataModule(SplitDataModule):
     """Base for forecasting datamodules; subclasses implement ``_load``.
 
     ``_load`` returns ``(values, input_names, target_names)``: ``values`` is a float array of shape
@@ -133,22 +132,3 @@ class WindowedSeriesDataModule(L.LightningDataModule):
         mean = torch.as_tensor(self.mean[:n], dtype=y.dtype, device=y.device)
         std = torch.as_tensor(self.std[:n], dtype=y.dtype, device=y.device)
         return y * std + mean
-
-    def _loader(self, split: str) -> DataLoader:
-        self.setup()
-        return make_loader(
-            self.datasets[split],
-            batch_size=self.batch_size,
-            shuffle=split == "train",
-            num_workers=self.num_workers,
-            seed=self.seed,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
