@@ -111,8 +111,10 @@ class _Sequence(torch.autograd.Function):
         out, hs, cs, acts, cn, rs = run(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout)
         ctx.config, ctx.use_cpp = config, use_cpp
         ctx.save_for_backward(hs, cs, acts, cn, rs, w_hh, w_ch, w_hr, lengths)
-        # Fresh tensors, not views of the saved states: users may modify the output in place.
-        return (out if lengths is not None else out.clone()), hs[-1].clone(), cs[-1].clone()
+        # Fresh tensors, not views of the saved states: users may modify the outputs in place.
+        if not use_cpp and lengths is None:
+            out = out.clone()
+        return out, hs[-1].clone(), cs[-1].clone()
 
     @staticmethod
     @once_differentiable  # the hand-written BPTT is not itself differentiable (no double backward)

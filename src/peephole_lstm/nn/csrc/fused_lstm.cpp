@@ -187,7 +187,7 @@ std::vector<at::Tensor> forward_impl(const Config& k, const at::Tensor& xz, cons
   auto acts = at::empty({T, B, GH}, opt);
   auto cn = k.need_cn() ? at::empty({T, B, H}, opt) : at::Tensor();
   auto rs = proj ? at::empty({T, B, H}, opt) : at::Tensor();
-  auto out = masked ? at::empty({T, B, P}, opt) : hs.narrow(0, 1, T);
+  auto out = at::empty({T, B, P}, opt);  // its own storage: the caller may modify it in place
   hs[0].copy_(h0);
   cs[0].copy_(c0);
 
@@ -289,7 +289,7 @@ std::vector<at::Tensor> forward_impl(const Config& k, const at::Tensor& xz, cons
     const S* HP = h_prev.data_ptr<S>();
     S* HS = hs.data_ptr<S>() + (t + 1) * B * P;
     S* CS = cs.data_ptr<S>() + (t + 1) * B * H;
-    S* O = masked ? out.data_ptr<S>() + t * B * P : nullptr;
+    S* O = out.data_ptr<S>() + t * B * P;
     for_rows(B, P + H, [&](int64_t b) {
       const bool live = !len || len[b] > t;
       S* __restrict__ hs_r = HS + b * P;
@@ -303,15 +303,29 @@ std::vector<at::Tensor> forward_impl(const Config& k, const at::Tensor& xz, cons
         for (int64_t j = 0; j < P; ++j) hs_r[j] = A(hn[j]) * (1 - z) + A(hp[j]) * z;
         #pragma GCC ivdep
         for (int64_t j = 0; j < H; ++j) cs_r[j] = A(ct[j]) * (1 - z) + A(cp[j]) * z;
-        if (O) std::copy(hs_r, hs_r + P, O + b * P);
+        std::copy(hs_r, hs_r + P, O + b * P);
       } else {
         std::copy(hp, hp + P, hs_r);
         std::copy(cp, cp + H, cs_r);
-        if (O) std::fill(O + b * P, O + (b + 1) * P, S(0));
+        std::fill(O + b * P, O + (b + 1) * P, S(0));
       }
     });
   }
   return {out, hs, cs, acts, cn, rs};
+}
+
+// dw[j] = sum_n d[n, j] * src[n, j] (d with row stride ld): one pass, no temporary of N*H elements.
+template <typename S, typename A>
+void diag_grad(int64_t N, int64_t H, int64_t ld, const S* d, const S* src, S* dw) {
+  std::vector<A> acc(H, A(0));
+  A* __restrict__ a = acc.data();
+  for (int64_t n = 0; n < N; ++n) {
+    const S* __restrict__ dr = d + n * ld;
+    const S* __restrict__ sr = src + n * H;
+#pragma GCC ivdep
+    for (int64_t j = 0; j < H; ++j) a[j] += A(dr[j]) * A(sr[j]);
+  }
+  for (int64_t j = 0; j < H; ++j) dw[j] = acc[j];
 }
 
 template <typename scalar_t>
@@ -458,7 +472,7 @@ std::vector<at::Tensor> backward_impl(const Config& k, const at::Tensor& grad_ou
     auto grad_row = [&](int64_t row, int64_t block, const at::Tensor& src) {
       auto d = dZ2.narrow(1, block * H, H);
       if (k.full) dw_ch[row].copy_(at::mm(d.t(), src));
-      else dw_ch[row].copy_((d * src).sum(0));
+      else diag_grad<S, A>(T * B, H, GH, d.data_ptr<S>(), src.data_ptr<S>(), dw_ch[row].data_ptr<S>());
     };
     if (k.bi >= 0 && k.pi >= 0) grad_row(k.pi, k.bi, c_old);
     if (k.bf >= 0 && k.pf >= 0) grad_row(k.pf, k.bf, c_old);
