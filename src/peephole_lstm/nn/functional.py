@@ -60,6 +60,15 @@ def _peep(c: Tensor, w_ch: Optional[Tensor], row: int, full: bool) -> Tensor:
     return c * w_ch[row]
 
 
+def _gate(z: Tensor, c: Tensor, w_ch: Optional[Tensor], peep_row: int, full: bool, fgr: List[Tensor], k: int) -> Tensor:
+    """sigma(z + the peephole from c, when this gate has peephole row `peep_row`, + its FGR term)."""
+    if peep_row >= 0:
+        z = z + _peep(c, w_ch, peep_row, full)
+    if len(fgr) > 0:
+        z = z + fgr[k]
+    return torch.sigmoid(z)
+
+
 def lstm_step(
     xz: Tensor,
     h: Tensor,
@@ -93,26 +102,15 @@ def lstm_step(
     fgr: List[Tensor] = []
     if w_gh is not None:
         fgr = torch.matmul(a, w_gh.t()).split(hidden, -1)
-    n_gate = 0  # position of the next sigmoid gate among [i, f, o], for the FGR term
+    # FGR term positions among [i, f, o]: i first, f after i, o after both
+    n_i, n_f = int(idx[0] >= 0), int(idx[1] >= 0)
 
     f = torch.ones_like(c)
     i = torch.ones_like(c)
     if idx[0] >= 0:
-        zi = z[idx[0]]
-        if idx[4] >= 0:
-            zi = zi + _peep(c, w_ch, idx[4], peep_full)
-        if w_gh is not None:
-            zi = zi + fgr[n_gate]
-        n_gate += 1
-        i = torch.sigmoid(zi)
+        i = _gate(z[idx[0]], c, w_ch, idx[4], peep_full, fgr, 0)
     if idx[1] >= 0:
-        zf = z[idx[1]]
-        if idx[5] >= 0:
-            zf = zf + _peep(c, w_ch, idx[5], peep_full)
-        if w_gh is not None:
-            zf = zf + fgr[n_gate]
-        n_gate += 1
-        f = torch.sigmoid(zf)
+        f = _gate(z[idx[1]], c, w_ch, idx[5], peep_full, fgr, n_i)
         if coupled:
             i = 1.0 - f
     g = z[idx[2]]
@@ -127,12 +125,7 @@ def lstm_step(
 
     o = torch.ones_like(c)
     if idx[3] >= 0:
-        zo = z[idx[3]]
-        if idx[6] >= 0:
-            zo = zo + _peep(c_new if peep_current else c, w_ch, idx[6], peep_full)
-        if w_gh is not None:
-            zo = zo + fgr[n_gate]
-        o = torch.sigmoid(zo)
+        o = _gate(z[idx[3]], c_new if peep_current else c, w_ch, idx[6], peep_full, fgr, n_i + n_f)
     h_new = o * torch.tanh(c_new) if act_out_tanh else o * c_new
     if w_hr is not None:
         h_new = torch.matmul(h_new, w_hr.t())
