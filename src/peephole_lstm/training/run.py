@@ -5,6 +5,7 @@ always leaves results.json (status "completed" or "failed") and ends its W&B run
 """
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +26,11 @@ from peephole_lstm.training.schema import EvalConfig, TrainConfig
 from peephole_lstm.training.runinfo import (
     hydra_overrides, print_config_tree, resolved, save_config, write_results,
 )
+
+# `import lightning` gives its logger a console handler of its own; Hydra's root handlers already print
+# (and write train.log), so under Hydra every Lightning message would be shown twice.
+if logging.getLogger().hasHandlers():
+    logging.getLogger("lightning").handlers.clear()
 
 
 @dataclass
