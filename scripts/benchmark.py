@@ -17,6 +17,7 @@ GFLOP/s counts the GEMM work only (3x the forward GEMMs for a training step).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -166,10 +167,17 @@ class Bench:
             p.grad = None
 
     def timed(self, inner: int) -> float:
-        start = time.perf_counter()
-        for _ in range(inner):
-            self.call()
-        return (time.perf_counter() - start) / inner
+        # As timeit does: no garbage collection inside a measurement, so that the Python objects one
+        # implementation leaves behind (the naive loop's many small tensors) are not paid by the next.
+        gc.collect()
+        gc.disable()
+        try:
+            start = time.perf_counter()
+            for _ in range(inner):
+                self.call()
+            return (time.perf_counter() - start) / inner
+        finally:
+            gc.enable()
 
 
 def first_calls(impl: str, shape: str, dims) -> tuple[float, float]:
