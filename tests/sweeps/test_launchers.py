@@ -65,7 +65,7 @@ def test_submitit_local_multirun_requeues_a_preempted_job_and_resumes_from_last_
     (sweep,) = tmp_path.glob("multirun/*/*")
     jobs = job_dirs(sweep)
     assert [j.name for j in jobs] == ["0", "1"]  # the requeued jobs came back to their own run dirs
-    submitit_logs = "".join(p.read_text() for p in (sweep / ".submitit").glob("*/*_log.err"))
+    submitit_logs = "".join(p.read_text() for p in (sweep / ".submitit").glob("*/*_log.*"))  # Hydra logs to stdout
     for job in jobs:
         res = results(job)
         assert res["status"] == "completed", res["error"]
