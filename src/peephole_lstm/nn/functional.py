@@ -42,15 +42,21 @@ def input_projection(
     ln_w: Optional[Tensor],
     ln_b: Optional[Tensor],
 ) -> Tensor:
-    """The input's contribution to every gate, for any number of leading (time, batch) dimensions."""
-    z = torch.matmul(x, w_ih.t())
-    if ln_w is not None:
-        z = F.layer_norm(z, [z.shape[-1]], ln_w, ln_b, 1e-5)
-    if b_ih is not None:
-        z = z + b_ih
-    if b_hh is not None:
-        z = z + b_hh
-    return z
+    """The input's contribution to every gate, for any number of leading (time, batch) dimensions: one
+    GEMM over all of them, with both biases folded into it (addmm) when there is no layer norm, so the
+    (T, B, G*H) result is written once and its bias gradient is one reduction."""
+    x2 = x.reshape(-1, x.shape[-1])
+    if ln_w is None and b_ih is not None and b_hh is not None:
+        z = torch.addmm(b_ih + b_hh, x2, w_ih.t())
+    else:
+        z = torch.matmul(x2, w_ih.t())
+        if ln_w is not None:
+            z = F.layer_norm(z, [z.shape[-1]], ln_w, ln_b, 1e-5)
+        if b_ih is not None:
+            z = z + b_ih
+        if b_hh is not None:
+            z = z + b_hh
+    return z.view(list(x.shape[:-1]) + [z.shape[-1]])
 
 
 def _peep(c: Tensor, w_ch: Optional[Tensor], row: int, full: bool) -> Tensor:

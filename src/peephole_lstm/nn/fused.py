@@ -79,18 +79,6 @@ def _config(opts: CellOptions) -> Tuple[List[int], List[bool], float, float]:
     return layout(opts.blocks, opts.peephole_rows), flags, float(opts.cell_clip or 0.0), float(opts.zoneout)
 
 
-def input_projection(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], *layer_norm) -> Tensor:
-    """functional.input_projection for every step at once as one addmm (both biases folded into it):
-    one pass over the (T, B, G*H) result instead of three, and one bias reduction in the backward."""
-    assert not any(w is not None for w in layer_norm), "the fused path has no layer_norm"
-    x2 = x.reshape(-1, x.shape[-1])
-    if b_ih is None:
-        z = x2 @ w_ih.t()
-    else:
-        z = torch.addmm(b_ih + b_hh, x2, w_ih.t())
-    return z.view(*x.shape[:-1], z.shape[-1])
-
-
 def fused_sequence(
     xz: Tensor, h0: Tensor, c0: Tensor, lengths: Optional[Tensor], weights: tuple, opts: CellOptions
 ) -> Tuple[Tensor, Tensor, Tensor]:

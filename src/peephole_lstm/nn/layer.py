@@ -212,8 +212,7 @@ class PeepholeLSTM(nn.Module):
             outputs = []
             for direction in range(self.num_directions):
                 j = layer * self.num_directions + direction
-                project = fused.input_projection if path.startswith("fused") else input_projection
-                xz = project(x, *self._weights(INPUT_WEIGHTS, layer, direction))
+                xz = input_projection(x, *self._weights(INPUT_WEIGHTS, layer, direction))
                 if direction:
                     xz = reverse_padded(xz, lengths)
                 weights = self._weights(STEP_WEIGHTS, layer, direction)
