@@ -170,8 +170,9 @@ def lstm_sequence(
     """Run `step` over xz (T, B, G*H). With `lengths` (B,), steps t >= lengths[b] leave sequence b's state
     untouched and output zeros, so padding never changes a result. Returns (output, h, c, a)."""
     outputs = []
-    for t in range(xz.shape[0]):
-        h_new, c_new, a_new = step(xz[t], h, c, a, *weights, *flags)
+    # unbind, not xz[t]: the backward of T selects would write T full-size zero tensors (quadratic in T)
+    for t, xz_t in enumerate(xz.unbind(0)):
+        h_new, c_new, a_new = step(xz_t, h, c, a, *weights, *flags)
         if lengths is None:
             h, c, a = h_new, c_new, a_new
             outputs.append(h)
