@@ -27,7 +27,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from peephole_lstm.nn.functional import layout
+from peephole_lstm.nn.cell import step_flags
+from peephole_lstm.nn.functional import _peep
 from peephole_lstm.nn.options import CellOptions
 
 try:
@@ -69,14 +70,10 @@ def kernel_name(device: torch.device) -> str:
 
 
 def _config(opts: CellOptions) -> Tuple[List[int], List[bool], float, float]:
-    flags = [
-        opts.peephole == "full",
-        opts.output_peephole == "current",
-        opts.coupled,
-        opts.input_activation == "tanh",
-        opts.output_activation == "tanh",
-    ]
-    return layout(opts.blocks, opts.peephole_rows), flags, float(opts.cell_clip or 0.0), float(opts.zoneout)
+    """step_flags regrouped as the kernels take them: (layout, [full, current, coupled, act_in, act_out],
+    cell_clip, zoneout); training does not matter here, the fused path never draws zoneout masks."""
+    idx, *flags, clip, zoneout, _ = step_flags(opts, False)
+    return idx, flags, clip, zoneout
 
 
 def fused_sequence(
@@ -124,10 +121,6 @@ def _blocks(z: Tensor, idx: List[int], hidden: int):
         return None if idx[k] < 0 else z[..., idx[k] * hidden:(idx[k] + 1) * hidden]
 
     return block(0), block(1), block(2), block(3)
-
-
-def _peep(c: Tensor, w_ch: Tensor, row: int, full: bool) -> Tensor:
-    return c @ w_ch[row].t() if full else c * w_ch[row]
 
 
 def _forward_torch(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout):
