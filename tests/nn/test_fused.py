@@ -105,6 +105,46 @@ def test_gradcheck(name):
         assert torch.autograd.gradcheck(f, (x, *params))
 
 
+@contextlib.contextmanager
+def onednn_for_every_size():
+    """The C++ kernel runs float32 recurrent GEMMs above a size threshold on oneDNN (a prepacked
+    weight) instead of MKL: lower the threshold so that these small test shapes take that path."""
+    previous = fused._fused_cpu.set_onednn_min_macs(0)
+    try:
+        yield
+    finally:
+        fused._fused_cpu.set_onednn_min_macs(previous)
+
+
+@pytest.mark.skipif(not fused.extension_available() or not torch.backends.mkldnn.is_available(),
+                    reason="needs the C++ kernel and a torch built with oneDNN")
+@pytest.mark.parametrize("kwargs", OPTIONS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+def test_onednn_recurrent_gemm_matches_eager_in_float32(kwargs):
+    fast, slow = (m.float() for m in _pair(kwargs))
+    x = torch.randn(6, 3, 4)
+    lengths = torch.tensor([6, 2, 4])
+    with kernel("cpp"), onednn_for_every_size():
+        _assert_close(_run(fast, x), _run(slow, x), 2e-5)
+        _assert_close(_run(fast, x, lengths), _run(slow, x, lengths), 2e-5)
+
+
+@pytest.mark.skipif(not fused.extension_available() or not torch.backends.mkldnn.is_available(),
+                    reason="needs the C++ kernel and a torch built with oneDNN")
+def test_onednn_threshold_switches_the_gemm_library():
+    # MKL and oneDNN sum the 64-term dot products in different orders, so bitwise-different results
+    # show that lowering the threshold really switched the library (and the default did not use it here).
+    lstm = make_lstm(8, 64, seed=2, backend="fused").float()
+    x = torch.randn(5, 8, 8)
+    with kernel("cpp"):
+        mkl = _run(lstm, x)
+        with onednn_for_every_size():
+            onednn = _run(lstm, x)
+        again = _run(lstm, x)
+    assert all(torch.equal(a, b) for a, b in zip(mkl, again))
+    assert any(not torch.equal(a, b) for a, b in zip(mkl, onednn))
+    _assert_close(onednn, mkl, 1e-5)
+
+
 @pytest.mark.parametrize("name", KERNELS)
 def test_float32_and_bfloat16_follow_float64(name):
     ref = make_lstm(6, 8, seed=1, backend="fused", peephole="full", proj_size=4)

@@ -2,15 +2,17 @@
 //
 // The math is the one in peephole_lstm/nn/functional.py (lstm_step); fused.py holds the same algorithm
 // in plain PyTorch for CUDA tensors and for installs without this extension, and tests compare both
-// with the eager loop. Per time step there is one recurrent GEMM (at::mm into a preallocated buffer)
-// and one or two hand-written pointwise loops that compute every gate at once. The input projection
-// and the weight gradients are not done here: the caller projects all steps in one GEMM beforehand,
+// with the eager loop. Per time step there is one recurrent GEMM (StepGemm: MKL's at::mm into a
+// preallocated buffer, or oneDNN on a prepacked weight for big float32 ones) and one or two
+// hand-written pointwise loops that compute every gate at once. The input projection and the weight
+// gradients are not done here: the caller projects all steps in one GEMM beforehand,
 // and the backward returns dZ for all steps, so dW_hh, dW_hr and the full-peephole gradients are each
 // one big GEMM after the loop (M = T*B instead of B).
 #include <torch/extension.h>
 
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 
 #include <algorithm>
 #include <cmath>
@@ -80,6 +82,50 @@ at::Tensor stacked_prev_peepholes(const Config& k, const at::Tensor& w_ch) {
   if (k.so >= 0) rows.push_back(w_ch[k.po]);
   return at::cat(rows, 0).contiguous();
 }
+
+// The recurrent GEMM a @ W^T of every step, with the same weight W (N, K) for the whole sequence.
+// In float32 from about this many multiply-adds on, oneDNN's matmul on a weight reordered once per
+// sequence (the mkldnn ops torch's inductor uses for frozen linears) beats at::mm (MKL): 0.64 vs
+// 1.0 ms for 64x512 @ 512x2048 on 2 threads of this project's AMD CPU; below it, its fixed
+// per-call cost loses (equal at 64x128 @ 128x512). Settable for tests (set_onednn_min_macs).
+int64_t onednn_min_macs = int64_t{1} << 23;
+
+class StepGemm {
+ public:
+  StepGemm(const at::Tensor& w, int64_t rows) : wt_(w.t()) {
+    if (w.scalar_type() != at::kFloat || rows * w.size(0) * w.size(1) < onednn_min_macs ||
+        !at::globalContext().userEnabledMkldnn())
+      return;
+    static const auto reorder = c10::Dispatcher::singleton().findSchema({"mkldnn::_reorder_linear_weight", ""});
+    static const auto linear = c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""});
+    static const auto linear_add = c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", "binary"});
+    if (!reorder || !linear || !linear_add) return;  // torch built without oneDNN
+    packed_ = reorder->typed<at::Tensor(const at::Tensor&, std::optional<int64_t>)>().call(w.contiguous(), rows);
+    linear_ = *linear;
+    linear_add_ = *linear_add;
+  }
+  bool onednn() const { return packed_.defined(); }
+
+  // a @ W^T: written into `out` by MKL, or a fresh tensor from oneDNN. Use the returned tensor.
+  at::Tensor mm(const at::Tensor& a, at::Tensor& out) const {
+    if (!onednn()) return at::mm_out(out, a, wt_);
+    return linear_->typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                     c10::string_view, c10::List<std::optional<at::Scalar>>,
+                                     std::optional<c10::string_view>)>()
+        .call(a, packed_, std::nullopt, "none", c10::List<std::optional<at::Scalar>>(), std::nullopt);
+  }
+  // other + a @ W^T, likewise.
+  at::Tensor addmm(const at::Tensor& other, const at::Tensor& a, at::Tensor& out) const {
+    if (!onednn()) return at::addmm_out(out, other, a, wt_);
+    return linear_add_->typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                         const std::optional<at::Tensor>&, c10::string_view)>()
+        .call(a, other, packed_, std::nullopt, "add");
+  }
+
+ private:
+  at::Tensor wt_, packed_;
+  std::optional<c10::OperatorHandle> linear_, linear_add_;
+};
 
 template <typename F>
 void for_rows(int64_t rows, int64_t cols, const F& f) {
@@ -191,7 +237,7 @@ std::vector<at::Tensor> forward_impl(const Config& k, const at::Tensor& xz, cons
   hs[0].copy_(h0);
   cs[0].copy_(c0);
 
-  auto w_hh_t = w_hh.t();
+  const StepGemm recurrent(w_hh, B);
   auto zbuf = at::empty({B, GH}, opt);
   auto ctmp = at::empty({B, H}, opt);
   auto cpre = k.need_cn() ? at::Tensor() : at::empty({B, H}, opt);  // scratch when cn is not kept
@@ -214,11 +260,11 @@ std::vector<at::Tensor> forward_impl(const Config& k, const at::Tensor& xz, cons
 
   for (int64_t t = 0; t < T; ++t) {
     auto h_prev = hs[t], c_prev = cs[t];
-    at::mm_out(zbuf, h_prev, w_hh_t);
+    const auto zt = recurrent.mm(h_prev, zbuf);
     if (pbuf.defined()) at::mm_out(pbuf, c_prev, w_prev_t);
 
     const S* X = xz.data_ptr<S>() + t * B * GH;
-    const S* Z = zbuf.data_ptr<S>();
+    const S* Z = zt.data_ptr<S>();
     const S* CP = c_prev.data_ptr<S>();
     const S* PB = pbuf.defined() ? pbuf.data_ptr<S>() : nullptr;
     S* ACT = acts.data_ptr<S>() + t * B * GH;
@@ -352,6 +398,7 @@ std::vector<at::Tensor> backward_impl(const Config& k, const at::Tensor& grad_ou
   auto dr = at::empty({B, H}, opt);
   auto dct = at::empty({B, H}, opt);
   auto dh_next = at::empty({B, P}, opt);
+  const StepGemm recurrent(w_hh.t(), B);  // dZ_t W_hh = dZ_t (W_hh^T)^T
   auto dc_next = at::empty({B, H}, opt);
   auto ones = at::ones({H}, opt);
   auto zeros = at::zeros({H}, opt);
@@ -454,7 +501,7 @@ std::vector<at::Tensor> backward_impl(const Config& k, const at::Tensor& grad_ou
     if (k.si >= 0) dc_next.addmm_(dz_t.narrow(1, k.bi * H, H), w_ch[k.pi]);
     if (k.sf >= 0) dc_next.addmm_(dz_t.narrow(1, k.bf * H, H), w_ch[k.pf]);
     if (k.so >= 0) dc_next.addmm_(dz_t.narrow(1, k.bo * H, H), w_ch[k.po]);
-    at::addmm_out(dh_next, dh_keep, dz_t, w_hh);
+    dh_next = recurrent.addmm(dh_keep, dz_t, dh_next);
     std::swap(dh, dh_next);
     std::swap(dc, dc_next);
   }
@@ -517,7 +564,15 @@ std::vector<at::Tensor> backward(const std::optional<at::Tensor>& grad_out, cons
 
 }  // namespace
 
+int64_t set_onednn_min_macs(int64_t macs) {
+  const int64_t previous = onednn_min_macs;
+  onednn_min_macs = macs;
+  return previous;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("set_onednn_min_macs", &set_onednn_min_macs,
+        "from how many multiply-adds (B*4H*P) a float32 recurrent GEMM runs on oneDNN; returns the previous value");
   m.def("forward", &forward, "peephole LSTM sequence forward (CPU)");
   m.def("backward", &backward, "peephole LSTM sequence backward (CPU)");
 }
