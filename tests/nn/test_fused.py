@@ -145,6 +145,34 @@ def test_onednn_threshold_switches_the_gemm_library():
     _assert_close(onednn, mkl, 1e-5)
 
 
+@pytest.mark.skipif(not fused.extension_available(), reason="needs the C++ kernel")
+@pytest.mark.parametrize("kwargs", [dict(peephole="diagonal"), dict(peephole="full", proj_size=48, cell_clip=0.5)])
+def test_reused_buffers_give_the_same_results_every_call(kwargs):
+    # Buffers of 1 MB and more (here the (T, B, 4H) gates and dZ) come back from the kernel's cache
+    # holding the previous call's data: nothing may rely on fresh memory.
+    fused.empty_cache()
+
+    def lstm(backend):  # default initialisation: the tests' random weights explode over 40 steps
+        torch.manual_seed(4)
+        return PeepholeLSTM(8, 128, backend=backend, **kwargs).double().eval()
+
+    fast, slow = lstm("fused"), lstm("eager")
+    x = torch.randn(40, 32, 8, dtype=torch.float64)
+    lengths = torch.randint(1, 41, (32,))
+    lengths[0] = 40
+    want = _run(slow, x, lengths)
+    with kernel("cpp"):
+        first = _run(fast, x, lengths)
+        cached = fused._fused_cpu.cached_bytes()
+        assert cached >= 40 * 32 * 4 * 128 * 8  # at least the gates' buffer was returned for reuse
+        second = _run(fast, x, lengths)
+        assert fused._fused_cpu.cached_bytes() == cached  # reused, not allocated again
+    _assert_close(first, want, 1e-10)
+    _assert_close(second, want, 1e-10)
+    assert fused.empty_cache() == cached
+    assert fused._fused_cpu.cached_bytes() == 0
+
+
 @pytest.mark.parametrize("name", KERNELS)
 def test_float32_and_bfloat16_follow_float64(name):
     ref = make_lstm(6, 8, seed=1, backend="fused", peephole="full", proj_size=4)

@@ -51,6 +51,13 @@ def set_extension_enabled(enabled: bool) -> bool:
     return previous
 
 
+def empty_cache() -> int:
+    """Free the C++ kernel's cached big buffers (gate activations, states and dZ of whole sequences,
+    kept for the next call so that each training step does not page-fault fresh memory, up to 1 GiB
+    held while unused); returns how many bytes were freed. Like torch.cuda.empty_cache()."""
+    return _fused_cpu.empty_cache() if _fused_cpu is not None else 0
+
+
 def unsupported(opts: CellOptions, training: bool) -> Optional[str]:
     """Why the fused path cannot run these options (None when it can)."""
     if opts.layer_norm:

@@ -17,9 +17,15 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <mutex>
+#include <unordered_map>
 #include <vector>
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
 namespace {
 
@@ -81,6 +87,75 @@ at::Tensor stacked_prev_peepholes(const Config& k, const at::Tensor& w_ch) {
   if (k.sf >= 0) rows.push_back(w_ch[k.pf]);
   if (k.so >= 0) rows.push_back(w_ch[k.po]);
   return at::cat(rows, 0).contiguous();
+}
+
+// Big buffers reused across calls. Every training step allocates the same few large buffers (the
+// gates and states of all steps, dZ); from malloc each is a fresh mmap region whose first touch
+// page-faults, about 30 ms per 100 MB on this project's VM, a tenth of a large-shape training step.
+// Blocks the kernel frees are kept for its next call instead, in huge pages where the OS allows.
+// Only the kernel's internal buffers come from here, never tensors handed to the user.
+class BufferCache {
+ public:
+  static constexpr size_t kMinBytes = size_t{1} << 20;  // smaller ones stay with malloc's own reuse
+  static constexpr size_t kAlign = size_t{2} << 20;      // one transparent huge page
+  static constexpr size_t kMaxFreeBytes = size_t{1} << 30;
+
+  static BufferCache& get() {
+    static auto* cache = new BufferCache();  // never destroyed: tensors may outlive static destructors
+    return *cache;
+  }
+  void* take(size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(m_);
+      auto it = free_.find(bytes);
+      if (it != free_.end()) {
+        void* p = it->second;
+        free_.erase(it);
+        free_bytes_ -= bytes;
+        return p;
+      }
+    }
+    void* p = nullptr;
+    TORCH_CHECK(posix_memalign(&p, kAlign, bytes) == 0, "fused_lstm: out of memory allocating ", bytes, " bytes");
+#ifdef __linux__
+    madvise(p, bytes, MADV_HUGEPAGE);  // advice only: without THP this is a no-op
+#endif
+    return p;
+  }
+  void give(void* p, size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(m_);
+      if (free_bytes_ + bytes <= kMaxFreeBytes) {
+        free_.emplace(bytes, p);
+        free_bytes_ += bytes;
+        return;
+      }
+    }
+    std::free(p);
+  }
+  size_t release() {
+    std::lock_guard<std::mutex> lock(m_);
+    for (auto& kv : free_) std::free(kv.second);
+    free_.clear();
+    return std::exchange(free_bytes_, 0);
+  }
+  size_t free_bytes() {
+    std::lock_guard<std::mutex> lock(m_);
+    return free_bytes_;
+  }
+
+ private:
+  std::mutex m_;
+  std::unordered_multimap<size_t, void*> free_;
+  size_t free_bytes_ = 0;
+};
+
+at::Tensor workspace(at::IntArrayRef sizes, const at::TensorOptions& opt) {
+  const size_t bytes = c10::multiply_integers(sizes) * opt.dtype().itemsize();
+  if (bytes < BufferCache::kMinBytes) return at::empty(sizes, opt);
+  const size_t rounded = (bytes + BufferCache::kAlign - 1) / BufferCache::kAlign * BufferCache::kAlign;
+  void* p = BufferCache::get().take(rounded);
+  return at::from_blob(p, sizes, [rounded](void* q) { BufferCache::get().give(q, rounded); }, opt);
 }
 
 // The recurrent GEMM a @ W^T of every step, with the same weight W (N, K) for the whole sequence.
@@ -228,11 +303,11 @@ std::vector<at::Tensor> forward_impl(const Config& k, const at::Tensor& xz, cons
   const A clip = k.clip > 0 ? static_cast<A>(k.clip) : std::numeric_limits<A>::infinity();
   auto opt = xz.options();
 
-  auto hs = at::empty({T + 1, B, P}, opt);
-  auto cs = at::empty({T + 1, B, H}, opt);
-  auto acts = at::empty({T, B, GH}, opt);
-  auto cn = k.need_cn() ? at::empty({T, B, H}, opt) : at::Tensor();
-  auto rs = proj ? at::empty({T, B, H}, opt) : at::Tensor();
+  auto hs = workspace({T + 1, B, P}, opt);  // saved for the backward, which frees them
+  auto cs = workspace({T + 1, B, H}, opt);
+  auto acts = workspace({T, B, GH}, opt);
+  auto cn = k.need_cn() ? workspace({T, B, H}, opt) : at::Tensor();
+  auto rs = proj ? workspace({T, B, H}, opt) : at::Tensor();
   auto out = at::empty({T, B, P}, opt);  // its own storage: the caller may modify it in place
   hs[0].copy_(h0);
   cs[0].copy_(c0);
@@ -388,8 +463,8 @@ std::vector<at::Tensor> backward_impl(const Config& k, const at::Tensor& grad_ou
   const A clip = k.clip > 0 ? static_cast<A>(k.clip) : std::numeric_limits<A>::infinity();
   auto opt = acts.options();
 
-  auto dZ = at::empty({T, B, GH}, opt);
-  auto dhn_all = proj ? at::empty({T, B, P}, opt) : at::Tensor();
+  auto dZ = workspace({T, B, GH}, opt);  // the input projection's gradient: autograd frees it
+  auto dhn_all = proj ? workspace({T, B, P}, opt) : at::Tensor();
   auto dh = grad_hn.defined() ? grad_hn.contiguous().clone() : at::zeros({B, P}, opt);
   auto dc = grad_cn.defined() ? grad_cn.contiguous().clone() : at::zeros({B, H}, opt);
   auto dh_keep = at::empty({B, P}, opt);
@@ -564,6 +639,9 @@ std::vector<at::Tensor> backward(const std::optional<at::Tensor>& grad_out, cons
 
 }  // namespace
 
+int64_t empty_cache() { return static_cast<int64_t>(BufferCache::get().release()); }
+int64_t cached_bytes() { return static_cast<int64_t>(BufferCache::get().free_bytes()); }
+
 int64_t set_onednn_min_macs(int64_t macs) {
   const int64_t previous = onednn_min_macs;
   onednn_min_macs = macs;
@@ -571,6 +649,8 @@ int64_t set_onednn_min_macs(int64_t macs) {
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("empty_cache", &empty_cache, "free the big buffers kept for reuse; returns how many bytes");
+  m.def("cached_bytes", &cached_bytes, "bytes of big buffers kept for reuse (not in use)");
   m.def("set_onednn_min_macs", &set_onednn_min_macs,
         "from how many multiply-adds (B*4H*P) a float32 recurrent GEMM runs on oneDNN; returns the previous value");
   m.def("forward", &forward, "peephole LSTM sequence forward (CPU)");
