@@ -89,6 +89,21 @@ at::Tensor stacked_prev_peepholes(const Config& k, const at::Tensor& w_ch) {
   return at::cat(rows, 0).contiguous();
 }
 
+// The columns of dZ_t (B, G*H) that multiply those stacked rows in the backward, in the same order:
+// a view when the gate blocks are adjacent (i, f of the usual i f g o layout), else a copy.
+at::Tensor prev_peephole_columns(const Config& k, const at::Tensor& dz_t, int64_t H) {
+  std::vector<int64_t> blocks;
+  if (k.si >= 0) blocks.push_back(k.bi);
+  if (k.sf >= 0) blocks.push_back(k.bf);
+  if (k.so >= 0) blocks.push_back(k.bo);
+  bool adjacent = true;
+  for (size_t j = 1; j < blocks.size(); ++j) adjacent = adjacent && blocks[j] == blocks[0] + int64_t(j);
+  if (adjacent) return dz_t.narrow(1, blocks[0] * H, int64_t(blocks.size()) * H);
+  std::vector<at::Tensor> cols;
+  for (int64_t b : blocks) cols.push_back(dz_t.narrow(1, b * H, H));
+  return at::cat(cols, 1);
+}
+
 // Big buffers reused across calls. Every training step allocates the same few large buffers (the
 // gates and states of all steps, dZ); from malloc each is a fresh mmap region whose first touch
 // page-faults, about 30 ms per 100 MB on this project's VM, a tenth of a large-shape training step.
@@ -319,13 +334,15 @@ std::vector<at::Tensor> forward_impl(const Config& k, const at::Tensor& xz, cons
   auto rbuf = at::empty({B, H}, opt);
   auto hnbuf = proj ? at::empty({B, P}, opt) : rbuf;
   auto ones = at::ones({H}, opt);
-  at::Tensor w_prev_t, pbuf, w_o_t, obuf;
+  // Full peepholes: one GEMM for the gates reading c_{t-1}, one for o reading c_t.
+  std::optional<StepGemm> peep_prev, peep_o;
+  at::Tensor pbuf, obuf;
   if (k.full && k.n_prev > 0) {
-    w_prev_t = stacked_prev_peepholes(k, w_ch).t();
+    peep_prev.emplace(stacked_prev_peepholes(k, w_ch), B);
     pbuf = at::empty({B, k.n_prev * H}, opt);
   }
   if (k.o_full_current()) {
-    w_o_t = w_ch[k.po].t();
+    peep_o.emplace(w_ch[k.po], B);
     obuf = at::empty({B, H}, opt);
   }
   const S* peep = (w_ch.defined() && !k.full) ? w_ch.data_ptr<S>() : nullptr;
@@ -336,12 +353,12 @@ std::vector<at::Tensor> forward_impl(const Config& k, const at::Tensor& xz, cons
   for (int64_t t = 0; t < T; ++t) {
     auto h_prev = hs[t], c_prev = cs[t];
     const auto zt = recurrent.mm(h_prev, zbuf);
-    if (pbuf.defined()) at::mm_out(pbuf, c_prev, w_prev_t);
+    const auto pt = peep_prev ? peep_prev->mm(c_prev, pbuf) : at::Tensor();
 
     const S* X = xz.data_ptr<S>() + t * B * GH;
     const S* Z = zt.data_ptr<S>();
     const S* CP = c_prev.data_ptr<S>();
-    const S* PB = pbuf.defined() ? pbuf.data_ptr<S>() : nullptr;
+    const S* PB = pt.defined() ? pt.data_ptr<S>() : nullptr;
     S* ACT = acts.data_ptr<S>() + t * B * GH;
     S* CN = k.need_cn() ? cn.data_ptr<S>() + t * B * H : cpre.data_ptr<S>();
     S* CT = ctmp.data_ptr<S>();
@@ -395,8 +412,8 @@ std::vector<at::Tensor> forward_impl(const Config& k, const at::Tensor& xz, cons
       }
     });
     if (!o_now) {
-      at::mm_out(obuf, ctmp, w_o_t);
-      const S* OB = obuf.data_ptr<S>();
+      const auto ot = peep_o->mm(ctmp, obuf);
+      const S* OB = ot.data_ptr<S>();
       for_rows(B, H, [&](int64_t b) {
         S* o = ACT + b * GH + k.bo * H;
         sigmoid_gate<S, A>(H, o, X + b * GH + k.bo * H, Z + b * GH + k.bo * H, OB + b * H, nullptr, nullptr);
@@ -478,8 +495,10 @@ std::vector<at::Tensor> backward_impl(const Config& k, const at::Tensor& grad_ou
   auto ones = at::ones({H}, opt);
   auto zeros = at::zeros({H}, opt);
   auto sink = at::empty({B, 2 * H}, opt);  // where the gradients of absent gates go
-  at::Tensor w_o;
-  if (k.o_full_current()) w_o = w_ch[k.po];
+  // Full peepholes, transposed as in the forward: dc_t += dz_o W_o, dc_{t-1} += [dz_i dz_f ..] [W_i; W_f; ..].
+  std::optional<StepGemm> peep_prev, peep_o;
+  if (k.full && k.n_prev > 0) peep_prev.emplace(stacked_prev_peepholes(k, w_ch).t(), B);
+  if (k.o_full_current()) peep_o.emplace(w_ch[k.po].t(), B);
   const S* peep = (w_ch.defined() && !k.full) ? w_ch.data_ptr<S>() : nullptr;
   const S* ONE = ones.data_ptr<S>();
   const S* ZERO = zeros.data_ptr<S>();
@@ -551,7 +570,10 @@ std::vector<at::Tensor> backward_impl(const Config& k, const at::Tensor& grad_ou
       row(H, clip, CNEW + b * H, DR + b * H, DCN + b * H, k.bo >= 0 ? ACT + b * GH + k.bo * H : ONE, WPO_CUR,
           k.bo >= 0 ? DZ + b * GH + k.bo * H : SINK + b * 2 * H, DCT + b * H);
     });
-    if (k.o_full_current()) dct.addmm_(dZ[t].narrow(1, k.bo * H, H), w_o);
+    if (peep_o) {
+      dct = peep_o->addmm(dct, dZ[t].narrow(1, k.bo * H, H), dct);
+      DCT = dct.data_ptr<S>();
+    }
 
     // The rest of the gates and the gradient to c_{t-1}; padded rows pass the carry through untouched.
     const S* DCK = dc_keep.data_ptr<S>();
@@ -573,9 +595,7 @@ std::vector<at::Tensor> backward_impl(const Config& k, const at::Tensor& grad_ou
           dz + k.bg * H, DCX + b * H);
     });
     auto dz_t = dZ[t];
-    if (k.si >= 0) dc_next.addmm_(dz_t.narrow(1, k.bi * H, H), w_ch[k.pi]);
-    if (k.sf >= 0) dc_next.addmm_(dz_t.narrow(1, k.bf * H, H), w_ch[k.pf]);
-    if (k.so >= 0) dc_next.addmm_(dz_t.narrow(1, k.bo * H, H), w_ch[k.po]);
+    if (peep_prev) dc_next = peep_prev->addmm(dc_next, prev_peephole_columns(k, dz_t, H), dc_next);
     dh_next = recurrent.addmm(dh_keep, dz_t, dh_next);
     std::swap(dh, dh_next);
     std::swap(dc, dc_next);
