@@ -6,6 +6,7 @@ extension is built) and the plain-PyTorch one ("torch", which CUDA tensors use).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import warnings
 
 import pytest
@@ -17,7 +18,12 @@ from peephole_lstm.nn import fused
 from peephole_lstm.nn.layer import _step_function
 from tests.nn.helpers import gradients, make_lstm
 
-KERNELS = ["torch"] + (["cpp"] if fused.extension_available() else [])
+# The C++ kernel picks per GEMM by size: a plain loop (tiny), MKL's at::mm, or oneDNN (big, float32);
+# "cpp-<gemm>" forces one of them for every size. "cpp" is its default choice.
+KERNELS = ["torch"] + (["cpp", "cpp-loop", "cpp-mkl"] if fused.extension_available() else [])
+NEEDS_ONEDNN = pytest.mark.skipif(not fused.extension_available() or not torch.backends.mkldnn.is_available(),
+                                  reason="needs the C++ kernel and a torch built with oneDNN")
+GEMM_THRESHOLDS = {"cpp": None, "cpp-loop": (1 << 62, 1 << 62), "cpp-mkl": (-1, 1 << 62), "cpp-onednn": (-1, 0)}
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 OPTIONS = [
@@ -41,11 +47,18 @@ OPTIONS = [
 
 @contextlib.contextmanager
 def kernel(name: str):
-    previous = fused.set_extension_enabled(name == "cpp")
+    previous = fused.set_extension_enabled(name.startswith("cpp"))
+    thresholds = GEMM_THRESHOLDS.get(name)
+    if thresholds:
+        loop_max, onednn_min = thresholds
+        thresholds = (fused._fused_cpu.set_loop_max_macs(loop_max), fused._fused_cpu.set_onednn_min_macs(onednn_min))
     try:
         yield
     finally:
         fused.set_extension_enabled(previous)
+        if thresholds:
+            fused._fused_cpu.set_loop_max_macs(thresholds[0])
+            fused._fused_cpu.set_onednn_min_macs(thresholds[1])
 
 
 def _run(lstm, x, lengths=None, hx=None):
@@ -83,7 +96,7 @@ def test_fused_matches_eager_in_float64(kwargs, name):
     hx = (torch.randn(n, 3, fast.options[0].output_size, dtype=torch.float64), torch.randn(n, 3, 5, dtype=torch.float64))
     with kernel(name):
         got = _run(fast, x, hx=hx)
-        assert fast.last_path == f"fused-{name}"
+        assert fast.last_path == ("fused-torch" if name == "torch" else "fused-cpp")
         _assert_close(got, _run(slow, x, hx=hx), 1e-10)
         # Variable lengths: padded steps must leave the state and the gradients as the eager loop does.
         lengths = torch.tensor([6, 2, 4])
@@ -105,44 +118,33 @@ def test_gradcheck(name):
         assert torch.autograd.gradcheck(f, (x, *params))
 
 
-@contextlib.contextmanager
-def onednn_for_every_size():
-    """The C++ kernel runs float32 recurrent GEMMs above a size threshold on oneDNN (a prepacked
-    weight) instead of MKL: lower the threshold so that these small test shapes take that path."""
-    previous = fused._fused_cpu.set_onednn_min_macs(0)
-    try:
-        yield
-    finally:
-        fused._fused_cpu.set_onednn_min_macs(previous)
-
-
-@pytest.mark.skipif(not fused.extension_available() or not torch.backends.mkldnn.is_available(),
-                    reason="needs the C++ kernel and a torch built with oneDNN")
+@NEEDS_ONEDNN
 @pytest.mark.parametrize("kwargs", OPTIONS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
 def test_onednn_recurrent_gemm_matches_eager_in_float32(kwargs):
     fast, slow = (m.float() for m in _pair(kwargs))
     x = torch.randn(6, 3, 4)
     lengths = torch.tensor([6, 2, 4])
-    with kernel("cpp"), onednn_for_every_size():
+    with kernel("cpp-onednn"):
         _assert_close(_run(fast, x), _run(slow, x), 2e-5)
         _assert_close(_run(fast, x, lengths), _run(slow, x, lengths), 2e-5)
 
 
-@pytest.mark.skipif(not fused.extension_available() or not torch.backends.mkldnn.is_available(),
-                    reason="needs the C++ kernel and a torch built with oneDNN")
-def test_onednn_threshold_switches_the_gemm_library():
-    # MKL and oneDNN sum the 64-term dot products in different orders, so bitwise-different results
-    # show that lowering the threshold really switched the library (and the default did not use it here).
-    lstm = make_lstm(8, 64, seed=2, backend="fused").float()
-    x = torch.randn(5, 8, 8)
-    with kernel("cpp"):
-        mkl = _run(lstm, x)
-        with onednn_for_every_size():
-            onednn = _run(lstm, x)
-        again = _run(lstm, x)
-    assert all(torch.equal(a, b) for a, b in zip(mkl, again))
-    assert any(not torch.equal(a, b) for a, b in zip(mkl, onednn))
-    _assert_close(onednn, mkl, 1e-5)
+@NEEDS_ONEDNN
+def test_each_gemm_implementation_really_runs():
+    # MKL sums the 64-term dot products in another order than the loop and oneDNN: bitwise-different
+    # results show that forcing them switched away from MKL, the default at this size (8 x 64 @ 64 x 256).
+    # oneDNN never takes float64, so there a difference from MKL can only come from the loop.
+    x = torch.randn(5, 8, 8, dtype=torch.float64)
+    for dtype, names in ((torch.float32, ("cpp-loop", "cpp-onednn")), (torch.float64, ("cpp-loop",))):
+        lstm = make_lstm(8, 64, seed=2, backend="fused").to(dtype)
+        runs = {}
+        for name in ("cpp", "cpp-mkl") + names:
+            with kernel(name):
+                runs[name] = _run(lstm, x.to(dtype))
+        assert all(torch.equal(a, b) for a, b in zip(runs["cpp"], runs["cpp-mkl"]))
+        for name in names:
+            assert any(not torch.equal(a, b) for a, b in zip(runs[name], runs["cpp-mkl"])), (dtype, name)
+            _assert_close(runs[name], runs["cpp-mkl"], 1e-5 if dtype == torch.float32 else 1e-12)
 
 
 @pytest.mark.skipif(not fused.extension_available(), reason="needs the C++ kernel")

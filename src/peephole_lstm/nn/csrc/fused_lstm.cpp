@@ -179,10 +179,47 @@ at::Tensor workspace(at::IntArrayRef sizes, const at::TensorOptions& opt) {
 // 1.0 ms for 64x512 @ 512x2048 on 2 threads of this project's AMD CPU; below it, its fixed
 // per-call cost loses (equal at 64x128 @ 128x512). Settable for tests (set_onednn_min_macs).
 int64_t onednn_min_macs = int64_t{1} << 23;
+// Up to this many multiply-adds a plain loop here is faster than any library call (about 3 us of
+// dispatch and setup each, half the time of a whole step at the small benchmark shape).
+int64_t loop_max_macs = int64_t{1} << 16;
+constexpr int64_t kLoopMaxN = 2048;
+
+// out = (other +) a @ wt for a (M, K) with unit column stride, wt (K, N) contiguous, other and out
+// (M, N) contiguous (they may be the same tensor): each row accumulates in registers/L1 and the
+// inner loop over N vectorises.
+template <typename S>
+void loop_gemm(const at::Tensor& a, const at::Tensor& wt, const S* other, at::Tensor& out) {
+  using A = at::opmath_type<S>;
+  const int64_t M = a.size(0), K = a.size(1), N = wt.size(1), lda = a.stride(0);
+  const S* pa = a.data_ptr<S>();
+  const S* pw = wt.data_ptr<S>();
+  S* po = out.data_ptr<S>();
+  A acc[kLoopMaxN];
+  for (int64_t m = 0; m < M; ++m) {
+    if (other) {
+      for (int64_t n = 0; n < N; ++n) acc[n] = A(other[m * N + n]);
+    } else {
+      std::fill(acc, acc + N, A(0));
+    }
+    for (int64_t k = 0; k < K; ++k) {
+      const A av = A(pa[m * lda + k]);
+      const S* __restrict__ w = pw + k * N;
+      #pragma GCC ivdep
+      for (int64_t n = 0; n < N; ++n) acc[n] += av * A(w[n]);
+    }
+    for (int64_t n = 0; n < N; ++n) po[m * N + n] = S(acc[n]);
+  }
+}
 
 class StepGemm {
  public:
-  StepGemm(const at::Tensor& w, int64_t rows) : wt_(w.t()) {
+  // `rows` of `a` in each of `steps` calls.
+  StepGemm(const at::Tensor& w, int64_t rows, int64_t steps) : wt_(w.t()) {
+    // The loop reads W^T contiguous, a copy per sequence: only worth it when used over several rows.
+    if (rows * w.size(0) * w.size(1) <= loop_max_macs && w.size(0) <= kLoopMaxN && rows * steps >= 8) {
+      loop_wt_ = wt_.contiguous();
+      return;
+    }
     if (w.scalar_type() != at::kFloat || rows * w.size(0) * w.size(1) < onednn_min_macs ||
         !at::globalContext().userEnabledMkldnn())
       return;
@@ -198,6 +235,7 @@ class StepGemm {
 
   // a @ W^T: written into `out` by MKL, or a fresh tensor from oneDNN. Use the returned tensor.
   at::Tensor mm(const at::Tensor& a, at::Tensor& out) const {
+    if (loop_wt_.defined()) return loop(a, nullptr, out);
     if (!onednn()) return at::mm_out(out, a, wt_);
     return linear_->typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
                                      c10::string_view, c10::List<std::optional<at::Scalar>>,
@@ -206,6 +244,7 @@ class StepGemm {
   }
   // other + a @ W^T, likewise.
   at::Tensor addmm(const at::Tensor& other, const at::Tensor& a, at::Tensor& out) const {
+    if (loop_wt_.defined()) return loop(a, &other, out);
     if (!onednn()) return at::addmm_out(out, other, a, wt_);
     return linear_add_->typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                          const std::optional<at::Tensor>&, c10::string_view)>()
@@ -213,7 +252,15 @@ class StepGemm {
   }
 
  private:
-  at::Tensor wt_, packed_;
+  at::Tensor loop(const at::Tensor& a, const at::Tensor* other, at::Tensor& out) const {
+    TORCH_INTERNAL_ASSERT(a.stride(1) == 1 && out.is_contiguous() && (!other || other->is_contiguous()));
+    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, a.scalar_type(), "fused_lstm_loop_gemm", [&] {
+      loop_gemm<scalar_t>(a, loop_wt_, other ? other->data_ptr<scalar_t>() : nullptr, out);
+    });
+    return out;
+  }
+
+  at::Tensor wt_, loop_wt_, packed_;
   std::optional<c10::OperatorHandle> linear_, linear_add_;
 };
 
@@ -327,7 +374,7 @@ std::vector<at::Tensor> forward_impl(const Config& k, const at::Tensor& xz, cons
   hs[0].copy_(h0);
   cs[0].copy_(c0);
 
-  const StepGemm recurrent(w_hh, B);
+  const StepGemm recurrent(w_hh, B, T);
   auto zbuf = at::empty({B, GH}, opt);
   auto ctmp = at::empty({B, H}, opt);
   auto cpre = k.need_cn() ? at::Tensor() : at::empty({B, H}, opt);  // scratch when cn is not kept
@@ -338,11 +385,11 @@ std::vector<at::Tensor> forward_impl(const Config& k, const at::Tensor& xz, cons
   std::optional<StepGemm> peep_prev, peep_o;
   at::Tensor pbuf, obuf;
   if (k.full && k.n_prev > 0) {
-    peep_prev.emplace(stacked_prev_peepholes(k, w_ch), B);
+    peep_prev.emplace(stacked_prev_peepholes(k, w_ch), B, T);
     pbuf = at::empty({B, k.n_prev * H}, opt);
   }
   if (k.o_full_current()) {
-    peep_o.emplace(w_ch[k.po], B);
+    peep_o.emplace(w_ch[k.po], B, T);
     obuf = at::empty({B, H}, opt);
   }
   const S* peep = (w_ch.defined() && !k.full) ? w_ch.data_ptr<S>() : nullptr;
@@ -490,15 +537,15 @@ std::vector<at::Tensor> backward_impl(const Config& k, const at::Tensor& grad_ou
   auto dr = at::empty({B, H}, opt);
   auto dct = at::empty({B, H}, opt);
   auto dh_next = at::empty({B, P}, opt);
-  const StepGemm recurrent(w_hh.t(), B);  // dZ_t W_hh = dZ_t (W_hh^T)^T
+  const StepGemm recurrent(w_hh.t(), B, T);  // dZ_t W_hh = dZ_t (W_hh^T)^T
   auto dc_next = at::empty({B, H}, opt);
   auto ones = at::ones({H}, opt);
   auto zeros = at::zeros({H}, opt);
   auto sink = at::empty({B, 2 * H}, opt);  // where the gradients of absent gates go
   // Full peepholes, transposed as in the forward: dc_t += dz_o W_o, dc_{t-1} += [dz_i dz_f ..] [W_i; W_f; ..].
   std::optional<StepGemm> peep_prev, peep_o;
-  if (k.full && k.n_prev > 0) peep_prev.emplace(stacked_prev_peepholes(k, w_ch).t(), B);
-  if (k.o_full_current()) peep_o.emplace(w_ch[k.po].t(), B);
+  if (k.full && k.n_prev > 0) peep_prev.emplace(stacked_prev_peepholes(k, w_ch).t(), B, T);
+  if (k.o_full_current()) peep_o.emplace(w_ch[k.po].t(), B, T);
   const S* peep = (w_ch.defined() && !k.full) ? w_ch.data_ptr<S>() : nullptr;
   const S* ONE = ones.data_ptr<S>();
   const S* ZERO = zeros.data_ptr<S>();
@@ -662,6 +709,12 @@ std::vector<at::Tensor> backward(const std::optional<at::Tensor>& grad_out, cons
 int64_t empty_cache() { return static_cast<int64_t>(BufferCache::get().release()); }
 int64_t cached_bytes() { return static_cast<int64_t>(BufferCache::get().free_bytes()); }
 
+int64_t set_loop_max_macs(int64_t macs) {
+  const int64_t previous = loop_max_macs;
+  loop_max_macs = macs;
+  return previous;
+}
+
 int64_t set_onednn_min_macs(int64_t macs) {
   const int64_t previous = onednn_min_macs;
   onednn_min_macs = macs;
@@ -671,6 +724,8 @@ int64_t set_onednn_min_macs(int64_t macs) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("empty_cache", &empty_cache, "free the big buffers kept for reuse; returns how many bytes");
   m.def("cached_bytes", &cached_bytes, "bytes of big buffers kept for reuse (not in use)");
+  m.def("set_loop_max_macs", &set_loop_max_macs,
+        "up to how many multiply-adds a per-step GEMM runs as a plain loop; returns the previous value");
   m.def("set_onednn_min_macs", &set_onednn_min_macs,
         "from how many multiply-adds (B*4H*P) a float32 recurrent GEMM runs on oneDNN; returns the previous value");
   m.def("forward", &forward, "peephole LSTM sequence forward (CPU)");
