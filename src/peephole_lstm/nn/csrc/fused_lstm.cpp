@@ -211,6 +211,33 @@ void loop_gemm(const at::Tensor& a, const at::Tensor& wt, const S* other, at::Te
   }
 }
 
+// torch's private mkldnn ops, looked up once; none when torch was built without oneDNN or their
+// signatures changed in another torch version (then every GEMM stays on MKL).
+using ReorderFn = at::Tensor(const at::Tensor&, std::optional<int64_t>);
+using LinearFn = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, c10::string_view,
+                            c10::List<std::optional<at::Scalar>>, std::optional<c10::string_view>);
+using LinearAddFn = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                               const std::optional<at::Tensor>&, c10::string_view);
+struct OneDnnOps {
+  c10::TypedOperatorHandle<ReorderFn> reorder;
+  c10::TypedOperatorHandle<LinearFn> linear;
+  c10::TypedOperatorHandle<LinearAddFn> linear_add;
+};
+
+const std::optional<OneDnnOps>& onednn_ops() {
+  static const std::optional<OneDnnOps> ops = []() -> std::optional<OneDnnOps> {
+    auto& d = c10::Dispatcher::singleton();
+    try {
+      return OneDnnOps{d.findSchemaOrThrow("mkldnn::_reorder_linear_weight", "").typed<ReorderFn>(),
+                       d.findSchemaOrThrow("mkldnn::_linear_pointwise", "").typed<LinearFn>(),
+                       d.findSchemaOrThrow("mkldnn::_linear_pointwise", "binary").typed<LinearAddFn>()};
+    } catch (const c10::Error&) {
+      return std::nullopt;
+    }
+  }();
+  return ops;
+}
+
 class StepGemm {
  public:
   // `rows` of `a` in each of `steps` calls.
@@ -221,15 +248,9 @@ class StepGemm {
       return;
     }
     if (w.scalar_type() != at::kFloat || rows * w.size(0) * w.size(1) < onednn_min_macs ||
-        !at::globalContext().userEnabledMkldnn())
+        !at::globalContext().userEnabledMkldnn() || !onednn_ops())
       return;
-    static const auto reorder = c10::Dispatcher::singleton().findSchema({"mkldnn::_reorder_linear_weight", ""});
-    static const auto linear = c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""});
-    static const auto linear_add = c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", "binary"});
-    if (!reorder || !linear || !linear_add) return;  // torch built without oneDNN
-    packed_ = reorder->typed<at::Tensor(const at::Tensor&, std::optional<int64_t>)>().call(w.contiguous(), rows);
-    linear_ = *linear;
-    linear_add_ = *linear_add;
+    packed_ = onednn_ops()->reorder.call(w.contiguous(), rows);
   }
   bool onednn() const { return packed_.defined(); }
 
@@ -237,18 +258,14 @@ class StepGemm {
   at::Tensor mm(const at::Tensor& a, at::Tensor& out) const {
     if (loop_wt_.defined()) return loop(a, nullptr, out);
     if (!onednn()) return at::mm_out(out, a, wt_);
-    return linear_->typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                                     c10::string_view, c10::List<std::optional<at::Scalar>>,
-                                     std::optional<c10::string_view>)>()
-        .call(a, packed_, std::nullopt, "none", c10::List<std::optional<at::Scalar>>(), std::nullopt);
+    return onednn_ops()->linear.call(a, packed_, std::nullopt, "none", c10::List<std::optional<at::Scalar>>(),
+                                     std::nullopt);
   }
   // other + a @ W^T, likewise.
   at::Tensor addmm(const at::Tensor& other, const at::Tensor& a, at::Tensor& out) const {
     if (loop_wt_.defined()) return loop(a, &other, out);
     if (!onednn()) return at::addmm_out(out, other, a, wt_);
-    return linear_add_->typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                         const std::optional<at::Tensor>&, c10::string_view)>()
-        .call(a, other, packed_, std::nullopt, "add");
+    return onednn_ops()->linear_add.call(a, other, packed_, std::nullopt, "add");
   }
 
  private:
@@ -261,7 +278,6 @@ class StepGemm {
   }
 
   at::Tensor wt_, loop_wt_, packed_;
-  std::optional<c10::OperatorHandle> linear_, linear_add_;
 };
 
 template <typename F>
