@@ -169,8 +169,11 @@ def test_reused_buffers_give_the_same_results_every_call(kwargs):
         assert cached >= 40 * 32 * 4 * 128 * 8  # at least the gates' buffer was returned for reuse
         second = _run(fast, x, lengths)
         assert fused._fused_cpu.cached_bytes() == cached  # reused, not allocated again
+        shorter = _run(fast, x[:30])  # a shorter batch fits in the same blocks
+        assert fused._fused_cpu.cached_bytes() == cached
     _assert_close(first, want, 1e-10)
     _assert_close(second, want, 1e-10)
+    _assert_close(shorter, _run(slow, x[:30]), 1e-10)
     assert fused.empty_cache() == cached
     assert fused._fused_cpu.cached_bytes() == 0
 

@@ -20,8 +20,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <map>
 #include <mutex>
-#include <unordered_map>
+#include <utility>
 #include <vector>
 #ifdef __linux__
 #include <sys/mman.h>
@@ -108,7 +109,9 @@ at::Tensor prev_peephole_columns(const Config& k, const at::Tensor& dz_t, int64_
 // gates and states of all steps, dZ); from malloc each is a fresh mmap region whose first touch
 // page-faults, about 30 ms per 100 MB on this project's VM, a tenth of a large-shape training step.
 // Blocks the kernel frees are kept for its next call instead, in huge pages where the OS allows.
-// Only the kernel's internal buffers come from here, never tensors handed to the user.
+// A request takes the smallest free block that fits and is at most twice its size, so that batches
+// of varying sequence length reuse blocks too. Only the kernel's internal buffers come from here,
+// never tensors handed to the user.
 class BufferCache {
  public:
   static constexpr size_t kMinBytes = size_t{1} << 20;  // smaller ones stay with malloc's own reuse
@@ -119,15 +122,16 @@ class BufferCache {
     static auto* cache = new BufferCache();  // never destroyed: tensors may outlive static destructors
     return *cache;
   }
-  void* take(size_t bytes) {
+  // A block of at least `bytes`: (address, its actual size).
+  std::pair<void*, size_t> take(size_t bytes) {
     {
       std::lock_guard<std::mutex> lock(m_);
-      auto it = free_.find(bytes);
-      if (it != free_.end()) {
-        void* p = it->second;
+      auto it = free_.lower_bound(bytes);
+      if (it != free_.end() && it->first <= 2 * bytes) {
+        const auto block = std::make_pair(it->second, it->first);
         free_.erase(it);
-        free_bytes_ -= bytes;
-        return p;
+        free_bytes_ -= block.second;
+        return block;
       }
     }
     void* p = nullptr;
@@ -135,7 +139,7 @@ class BufferCache {
 #ifdef __linux__
     madvise(p, bytes, MADV_HUGEPAGE);  // advice only: without THP this is a no-op
 #endif
-    return p;
+    return {p, bytes};
   }
   void give(void* p, size_t bytes) {
     {
@@ -161,7 +165,7 @@ class BufferCache {
 
  private:
   std::mutex m_;
-  std::unordered_multimap<size_t, void*> free_;
+  std::multimap<size_t, void*> free_;
   size_t free_bytes_ = 0;
 };
 
@@ -169,8 +173,8 @@ at::Tensor workspace(at::IntArrayRef sizes, const at::TensorOptions& opt) {
   const size_t bytes = c10::multiply_integers(sizes) * opt.dtype().itemsize();
   if (bytes < BufferCache::kMinBytes) return at::empty(sizes, opt);
   const size_t rounded = (bytes + BufferCache::kAlign - 1) / BufferCache::kAlign * BufferCache::kAlign;
-  void* p = BufferCache::get().take(rounded);
-  return at::from_blob(p, sizes, [rounded](void* q) { BufferCache::get().give(q, rounded); }, opt);
+  const auto [p, size] = BufferCache::get().take(rounded);
+  return at::from_blob(p, sizes, [size = size](void* q) { BufferCache::get().give(q, size); }, opt);
 }
 
 // The recurrent GEMM a @ W^T of every step, with the same weight W (N, K) for the whole sequence.
