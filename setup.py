@@ -36,10 +36,17 @@ def extensions():
                 print(f"peephole-lstm: could not build the fused C++ kernel ({error}); "
                       "the fused backend will use its pure-PyTorch path", file=sys.stderr)
 
+    # OpenMP makes at::parallel_for in the kernel really parallel (without it ATen's header runs it
+    # serially); the extension then shares the libgomp torch has already loaded.
+    link = []
+    if platform.system() == "Linux":
+        args.append("-fopenmp")
+        link.append("-fopenmp")
     ext = CppExtension(
         "peephole_lstm.nn._fused_cpu",
         ["src/peephole_lstm/nn/csrc/fused_lstm.cpp"],
         extra_compile_args=args,
+        extra_link_args=link,
     )
     return {"build_ext": OptionalBuildExt}, [ext]
 

@@ -18,12 +18,13 @@ from peephole_lstm.nn import fused
 from peephole_lstm.nn.layer import _step_function
 from tests.nn.helpers import gradients, make_lstm
 
-# The C++ kernel picks per GEMM by size: a plain loop (tiny), MKL's at::mm, or oneDNN (big, float32);
+# The C++ kernel picks per GEMM by size: its own tiled GEMM (up to 8M multiply-adds), oneDNN (bigger,
+# float32) or MKL's at::mm (the rest);
 # "cpp-<gemm>" forces one of them for every size. "cpp" is its default choice.
-KERNELS = ["torch"] + (["cpp", "cpp-loop", "cpp-mkl"] if fused.extension_available() else [])
+KERNELS = ["torch"] + (["cpp", "cpp-tiled", "cpp-mkl"] if fused.extension_available() else [])
 NEEDS_ONEDNN = pytest.mark.skipif(not fused.extension_available() or not torch.backends.mkldnn.is_available(),
                                   reason="needs the C++ kernel and a torch built with oneDNN")
-GEMM_THRESHOLDS = {"cpp": None, "cpp-loop": (1 << 62, 1 << 62), "cpp-mkl": (-1, 1 << 62), "cpp-onednn": (-1, 0)}
+GEMM_THRESHOLDS = {"cpp": None, "cpp-tiled": (1 << 62, 1 << 62), "cpp-mkl": (-1, 1 << 62), "cpp-onednn": (-1, 0)}
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 OPTIONS = [
@@ -50,14 +51,14 @@ def kernel(name: str):
     previous = fused.set_extension_enabled(name.startswith("cpp"))
     thresholds = GEMM_THRESHOLDS.get(name)
     if thresholds:
-        loop_max, onednn_min = thresholds
-        thresholds = (fused._fused_cpu.set_loop_max_macs(loop_max), fused._fused_cpu.set_onednn_min_macs(onednn_min))
+        tiled_max, onednn_min = thresholds
+        thresholds = (fused._fused_cpu.set_tiled_max_macs(tiled_max), fused._fused_cpu.set_onednn_min_macs(onednn_min))
     try:
         yield
     finally:
         fused.set_extension_enabled(previous)
         if thresholds:
-            fused._fused_cpu.set_loop_max_macs(thresholds[0])
+            fused._fused_cpu.set_tiled_max_macs(thresholds[0])
             fused._fused_cpu.set_onednn_min_macs(thresholds[1])
 
 
@@ -131,18 +132,18 @@ def test_onednn_recurrent_gemm_matches_eager_in_float32(kwargs):
 
 @NEEDS_ONEDNN
 def test_each_gemm_implementation_really_runs():
-    # MKL sums the 64-term dot products in another order than the loop and oneDNN: bitwise-different
-    # results show that forcing them switched away from MKL, the default at this size (8 x 64 @ 64 x 256).
-    # oneDNN never takes float64, so there a difference from MKL can only come from the loop.
+    # MKL sums the 64-term dot products in another order than the tiled GEMM and oneDNN: bitwise-
+    # different results show which one ran. At this size (8 x 64 @ 64 x 256) the default is the tiled
+    # GEMM; forcing oneDNN also switches the tiled GEMM off, so a result unlike MKL's is oneDNN's.
     x = torch.randn(5, 8, 8, dtype=torch.float64)
-    for dtype, names in ((torch.float32, ("cpp-loop", "cpp-onednn")), (torch.float64, ("cpp-loop",))):
+    for dtype in (torch.float32, torch.float64):  # oneDNN only ever takes float32
         lstm = make_lstm(8, 64, seed=2, backend="fused").to(dtype)
         runs = {}
-        for name in ("cpp", "cpp-mkl") + names:
+        for name in ("cpp", "cpp-tiled", "cpp-mkl") + (("cpp-onednn",) if dtype == torch.float32 else ()):
             with kernel(name):
                 runs[name] = _run(lstm, x.to(dtype))
-        assert all(torch.equal(a, b) for a, b in zip(runs["cpp"], runs["cpp-mkl"]))
-        for name in names:
+        assert all(torch.equal(a, b) for a, b in zip(runs["cpp"], runs["cpp-tiled"]))
+        for name in set(runs) - {"cpp", "cpp-mkl"}:
             assert any(not torch.equal(a, b) for a, b in zip(runs[name], runs["cpp-mkl"])), (dtype, name)
             _assert_close(runs[name], runs["cpp-mkl"], 1e-5 if dtype == torch.float32 else 1e-12)
 

@@ -183,36 +183,60 @@ at::Tensor workspace(at::IntArrayRef sizes, const at::TensorOptions& opt) {
 // 1.0 ms for 64x512 @ 512x2048 on 2 threads of this project's AMD CPU; below it, its fixed
 // per-call cost loses (equal at 64x128 @ 128x512). Settable for tests (set_onednn_min_macs).
 int64_t onednn_min_macs = int64_t{1} << 23;
-// Up to this many multiply-adds a plain loop here is faster than any library call (about 3 us of
-// dispatch and setup each, half the time of a whole step at the small benchmark shape).
-int64_t loop_max_macs = int64_t{1} << 16;
-constexpr int64_t kLoopMaxN = 2048;
+// Up to this many multiply-adds a per-step GEMM runs on the register-tiled GEMM below: no per-call
+// setup (about 3 us for MKL, more for oneDNN, half a whole step at the small shape), and for these
+// thin matrices (B rows) it beat MKL's sgemm on 2 threads of this project's AMD CPU (16x128 @ 128x512:
+// 15.6 vs 22.8 us; 64x128 @ 128x512: 50 vs 69 us). Settable for tests (set_tiled_max_macs).
+int64_t tiled_max_macs = int64_t{1} << 23;
 
-// out = (other +) a @ wt for a (M, K) with unit column stride, wt (K, N) contiguous, other and out
-// (M, N) contiguous (they may be the same tensor): each row accumulates in registers/L1 and the
-// inner loop over N vectorises.
-template <typename S>
-void loop_gemm(const at::Tensor& a, const at::Tensor& wt, const S* other, at::Tensor& out) {
+// One R x NB tile of out = (other +) a @ wt, accumulated in registers over all of K; `rows` x `cols`
+// of it are real (edge tiles). The full-tile instance has constant bounds, so GCC keeps the
+// accumulators in vector registers; `other` may be `out` (read before any write).
+template <typename S, int R, int NB, bool full>
+inline void gemm_tile(int64_t K, int64_t N, int64_t lda, const S* __restrict__ a, const S* __restrict__ wt,
+                      const S* other, S* out, int64_t rows, int64_t cols) {
   using A = at::opmath_type<S>;
+  const int64_t nr = full ? R : rows, nc = full ? NB : cols;
+  A acc[R][NB];
+  for (int64_t r = 0; r < nr; ++r)
+    for (int64_t j = 0; j < nc; ++j) acc[r][j] = other ? A(other[r * N + j]) : A(0);
+  for (int64_t k = 0; k < K; ++k) {
+    const S* __restrict__ w = wt + k * N;
+    for (int64_t r = 0; r < nr; ++r) {
+      const A av = A(a[r * lda + k]);
+      #pragma GCC ivdep
+      for (int64_t j = 0; j < nc; ++j) acc[r][j] += av * A(w[j]);
+    }
+  }
+  for (int64_t r = 0; r < nr; ++r)
+    for (int64_t j = 0; j < nc; ++j) out[r * N + j] = S(acc[r][j]);
+}
+
+// out = (other +) a @ wt for a (M, K) with unit column stride, wt (K, N), other and out (M, N)
+// contiguous. Tiles go to threads column block by column block, so a thread's consecutive tiles
+// reuse the same K x NB slice of wt from cache.
+template <typename S>
+void tiled_gemm(const at::Tensor& a, const at::Tensor& wt, const at::Tensor* other, at::Tensor& out) {
+  using A = at::opmath_type<S>;
+  constexpr int R = 4, NB = 256 / sizeof(A);  // 16 AVX-512 accumulators
   const int64_t M = a.size(0), K = a.size(1), N = wt.size(1), lda = a.stride(0);
+  const int64_t mt = (M + R - 1) / R, nt = (N + NB - 1) / NB;
   const S* pa = a.data_ptr<S>();
   const S* pw = wt.data_ptr<S>();
+  const S* po_in = other ? other->data_ptr<S>() : nullptr;
   S* po = out.data_ptr<S>();
-  A acc[kLoopMaxN];
-  for (int64_t m = 0; m < M; ++m) {
-    if (other) {
-      for (int64_t n = 0; n < N; ++n) acc[n] = A(other[m * N + n]);
-    } else {
-      std::fill(acc, acc + N, A(0));
+  const int64_t grain = std::max<int64_t>(1, 65536 / (R * NB * std::max<int64_t>(K, 1)));  // >= 64K MACs a thread
+  at::parallel_for(0, mt * nt, grain, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n0 = (t / mt) * NB, m0 = (t % mt) * R;
+      const int64_t rows = std::min<int64_t>(R, M - m0), cols = std::min<int64_t>(NB, N - n0);
+      const S* o = po_in ? po_in + m0 * N + n0 : nullptr;
+      if (rows == R && cols == NB)
+        gemm_tile<S, R, NB, true>(K, N, lda, pa + m0 * lda, pw + n0, o, po + m0 * N + n0, rows, cols);
+      else
+        gemm_tile<S, R, NB, false>(K, N, lda, pa + m0 * lda, pw + n0, o, po + m0 * N + n0, rows, cols);
     }
-    for (int64_t k = 0; k < K; ++k) {
-      const A av = A(pa[m * lda + k]);
-      const S* __restrict__ w = pw + k * N;
-      #pragma GCC ivdep
-      for (int64_t n = 0; n < N; ++n) acc[n] += av * A(w[n]);
-    }
-    for (int64_t n = 0; n < N; ++n) po[m * N + n] = S(acc[n]);
-  }
+  });
 }
 
 // torch's private mkldnn ops, looked up once; none when torch was built without oneDNN or their
@@ -246,9 +270,9 @@ class StepGemm {
  public:
   // `rows` of `a` in each of `steps` calls.
   StepGemm(const at::Tensor& w, int64_t rows, int64_t steps) : wt_(w.t()) {
-    // The loop reads W^T contiguous, a copy per sequence: only worth it when used over several rows.
-    if (rows * w.size(0) * w.size(1) <= loop_max_macs && w.size(0) <= kLoopMaxN && rows * steps >= 8) {
-      loop_wt_ = wt_.contiguous();
+    // The tiled GEMM reads W^T contiguous, a copy per sequence: worth it only over several rows.
+    if (rows * w.size(0) * w.size(1) <= tiled_max_macs && rows * steps >= 8) {
+      tiled_wt_ = wt_.contiguous();
       return;
     }
     if (w.scalar_type() != at::kFloat || rows * w.size(0) * w.size(1) < onednn_min_macs ||
@@ -260,28 +284,27 @@ class StepGemm {
 
   // a @ W^T: written into `out` by MKL, or a fresh tensor from oneDNN. Use the returned tensor.
   at::Tensor mm(const at::Tensor& a, at::Tensor& out) const {
-    if (loop_wt_.defined()) return loop(a, nullptr, out);
+    if (tiled_wt_.defined()) return tiled(a, nullptr, out);
     if (!onednn()) return at::mm_out(out, a, wt_);
     return onednn_ops()->linear.call(a, packed_, std::nullopt, "none", c10::List<std::optional<at::Scalar>>(),
                                      std::nullopt);
   }
   // other + a @ W^T, likewise.
   at::Tensor addmm(const at::Tensor& other, const at::Tensor& a, at::Tensor& out) const {
-    if (loop_wt_.defined()) return loop(a, &other, out);
+    if (tiled_wt_.defined()) return tiled(a, &other, out);
     if (!onednn()) return at::addmm_out(out, other, a, wt_);
     return onednn_ops()->linear_add.call(a, other, packed_, std::nullopt, "add");
   }
 
  private:
-  at::Tensor loop(const at::Tensor& a, const at::Tensor* other, at::Tensor& out) const {
+  at::Tensor tiled(const at::Tensor& a, const at::Tensor* other, at::Tensor& out) const {
     TORCH_INTERNAL_ASSERT(a.stride(1) == 1 && out.is_contiguous() && (!other || other->is_contiguous()));
-    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, a.scalar_type(), "fused_lstm_loop_gemm", [&] {
-      loop_gemm<scalar_t>(a, loop_wt_, other ? other->data_ptr<scalar_t>() : nullptr, out);
-    });
+    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, a.scalar_type(), "fused_lstm_tiled_gemm",
+                                   [&] { tiled_gemm<scalar_t>(a, tiled_wt_, other, out); });
     return out;
   }
 
-  at::Tensor wt_, loop_wt_, packed_;
+  at::Tensor wt_, tiled_wt_, packed_;
 };
 
 template <typename F>
@@ -729,9 +752,9 @@ std::vector<at::Tensor> backward(const std::optional<at::Tensor>& grad_out, cons
 int64_t empty_cache() { return static_cast<int64_t>(BufferCache::get().release()); }
 int64_t cached_bytes() { return static_cast<int64_t>(BufferCache::get().free_bytes()); }
 
-int64_t set_loop_max_macs(int64_t macs) {
-  const int64_t previous = loop_max_macs;
-  loop_max_macs = macs;
+int64_t set_tiled_max_macs(int64_t macs) {
+  const int64_t previous = tiled_max_macs;
+  tiled_max_macs = macs;
   return previous;
 }
 
@@ -744,8 +767,8 @@ int64_t set_onednn_min_macs(int64_t macs) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("empty_cache", &empty_cache, "free the big buffers kept for reuse; returns how many bytes");
   m.def("cached_bytes", &cached_bytes, "bytes of big buffers kept for reuse (not in use)");
-  m.def("set_loop_max_macs", &set_loop_max_macs,
-        "up to how many multiply-adds a per-step GEMM runs as a plain loop; returns the previous value");
+  m.def("set_tiled_max_macs", &set_tiled_max_macs,
+        "up to how many multiply-adds a per-step GEMM runs on the kernel's own tiled GEMM; returns the previous value");
   m.def("set_onednn_min_macs", &set_onednn_min_macs,
         "from how many multiply-adds (B*4H*P) a float32 recurrent GEMM runs on oneDNN; returns the previous value");
   m.def("forward", &forward, "peephole LSTM sequence forward (CPU)");
