@@ -319,20 +319,18 @@ void for_rows(int64_t rows, int64_t cols, const F& f) {
 // The pointwise loops below are written one simple loop per gate, without branches inside, so that
 // the compiler vectorises them; absent gates read a row of ones and write to a scratch row instead.
 
-// dst = sigmoid(x + z + peephole), the peephole being a full-GEMM row `pf`, a diagonal row `w` times
-// the cell `cell`, or nothing.
+// dst = sigmoid(x + z + peephole), the peephole being a full-GEMM row `pf` or a diagonal row `w` times
+// the cell `cell` (a row of zeros without a peephole: GCC 12 vectorised a third, peephole-free loop
+// here so badly that peephole="none" ran its forward 1.5x slower than "diagonal").
 template <typename S, typename A>
 void sigmoid_gate(int64_t H, S* __restrict__ dst, const S* __restrict__ x, const S* __restrict__ z,
                   const S* __restrict__ pf, const S* __restrict__ w, const S* __restrict__ cell) {
   if (pf) {
     #pragma GCC ivdep
     for (int64_t j = 0; j < H; ++j) dst[j] = sigmoid(A(x[j]) + A(z[j]) + A(pf[j]));
-  } else if (w) {
-    #pragma GCC ivdep
-    for (int64_t j = 0; j < H; ++j) dst[j] = sigmoid(A(x[j]) + A(z[j]) + A(w[j]) * A(cell[j]));
   } else {
     #pragma GCC ivdep
-    for (int64_t j = 0; j < H; ++j) dst[j] = sigmoid(A(x[j]) + A(z[j]));
+    for (int64_t j = 0; j < H; ++j) dst[j] = sigmoid(A(x[j]) + A(z[j]) + A(w[j]) * A(cell[j]));
   }
 }
 
@@ -424,6 +422,8 @@ std::vector<at::Tensor> forward_impl(const Config& k, const at::Tensor& xz, cons
   auto rbuf = at::empty({B, H}, opt);
   auto hnbuf = proj ? at::empty({B, P}, opt) : rbuf;
   auto ones = at::ones({H}, opt);
+  auto zeros_row = at::zeros({H}, opt);
+  const S* ZERO_ROW = zeros_row.data_ptr<S>();
   // Full peepholes: one GEMM for the gates reading c_{t-1}, one for o reading c_t.
   std::optional<StepGemm> peep_prev, peep_o;
   at::Tensor pbuf, obuf;
@@ -459,7 +459,7 @@ std::vector<at::Tensor> forward_impl(const Config& k, const at::Tensor& xz, cons
       const S* cp = CP + b * H;
       const S* pb = PB ? PB + b * k.n_prev * H : nullptr;
       S* a = ACT + b * GH;
-      auto peep_of = [&](int64_t row) { return (row >= 0 && peep) ? peep + row * H : nullptr; };
+      auto peep_of = [&](int64_t row) { return (row >= 0 && peep) ? peep + row * H : ZERO_ROW; };
       auto full_of = [&](int64_t slot) { return slot >= 0 ? pb + slot * H : nullptr; };
       if (k.bi >= 0) sigmoid_gate<S, A>(H, a + k.bi * H, x + k.bi * H, zr + k.bi * H, full_of(k.si), peep_of(k.pi), cp);
       if (k.bf >= 0) sigmoid_gate<S, A>(H, a + k.bf * H, x + k.bf * H, zr + k.bf * H, full_of(k.sf), peep_of(k.pf), cp);
