@@ -13,6 +13,10 @@ compilation included); its one-off part is the first call minus the second (the 
 work grows with T, the one-off part must not). On the long shape both are also measured at T=100.
 The "stream" shape is inference with B=1, one step per call, carrying the state (ms per call).
 GFLOP/s counts the GEMM work only (3x the forward GEMMs for a training step).
+Allocator state matters: with glibc's default malloc, big buffers freed by one call come back as fresh
+pages that fault on first touch in the next (nn.LSTM's workspace does; the fused kernel keeps its
+buffers). To compare with nobody paging, run under
+GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4000000000:glibc.malloc.trim_threshold=4000000000
 """
 from __future__ import annotations
 
@@ -251,6 +255,8 @@ def machine() -> dict:
         "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
         "python": platform.python_version(), "fused_extension": fused.extension_available(),
         "loadavg_start": os.getloadavg()[0],
+        # nn.LSTM's per-call workspace page-faults or not depending on the allocator (see README, Speed).
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "ld_preload": os.environ.get("LD_PRELOAD", ""),
     }
 
 
