@@ -2,9 +2,9 @@
 //
 // The math is the one in peephole_lstm/nn/functional.py (lstm_step); fused.py holds the same algorithm
 // in plain PyTorch for CUDA tensors and for installs without this extension, and tests compare both
-// with the eager loop. Per time step there is one recurrent GEMM (StepGemm: MKL's at::mm into a
-// preallocated buffer, or oneDNN on a prepacked weight for big float32 ones) and one or two
-// hand-written pointwise loops that compute every gate at once. The input projection and the weight
+// with the eager loop. Per time step there is one recurrent GEMM (StepGemm: this file's tiled GEMM,
+// oneDNN on a prepacked weight, or MKL's at::mm, by size) and one or two hand-written pointwise loops
+// that compute every gate at once. The input projection and the weight
 // gradients are not done here: the caller projects all steps in one GEMM beforehand,
 // and the backward returns dZ for all steps, so dW_hh, dW_hr and the full-peephole gradients are each
 // one big GEMM after the loop (M = T*B instead of B).
@@ -186,8 +186,14 @@ int64_t onednn_min_macs = int64_t{1} << 23;
 // Up to this many multiply-adds a per-step GEMM runs on the register-tiled GEMM below: no per-call
 // setup (about 3 us for MKL, more for oneDNN, half a whole step at the small shape), and for these
 // thin matrices (B rows) it beat MKL's sgemm on 2 threads of this project's AMD CPU (16x128 @ 128x512:
-// 15.6 vs 22.8 us; 64x128 @ 128x512: 50 vs 69 us). Settable for tests (set_tiled_max_macs).
+// 15.6 vs 22.8 us; 64x128 @ 128x512: 50 vs 69 us). Only in AVX-512 builds (-march=native here): built
+// for AVX2 (-march=haswell) the same code ran the medium shape 4.7x slower than with MKL, so other
+// builds leave every GEMM to the libraries. Settable for tests (set_tiled_max_macs).
+#if defined(__AVX512F__)
 int64_t tiled_max_macs = int64_t{1} << 23;
+#else
+int64_t tiled_max_macs = -1;
+#endif
 
 // One R x NB tile of out = (other +) a @ wt, accumulated in registers over all of K; `rows` x `cols`
 // of it are real (edge tiles). The full-tile instance has constant bounds, so GCC keeps the
@@ -218,7 +224,7 @@ inline void gemm_tile(int64_t K, int64_t N, int64_t lda, const S* __restrict__ a
 template <typename S>
 void tiled_gemm(const at::Tensor& a, const at::Tensor& wt, const at::Tensor* other, at::Tensor& out) {
   using A = at::opmath_type<S>;
-  constexpr int R = 4, NB = 256 / sizeof(A);  // 16 AVX-512 accumulators
+  constexpr int R = 4, NB = 256 / sizeof(A);  // 4 x 4 AVX-512 accumulators (of 32 registers)
   const int64_t M = a.size(0), K = a.size(1), N = wt.size(1), lda = a.stride(0);
   const int64_t mt = (M + R - 1) / R, nt = (N + NB - 1) / NB;
   const S* pa = a.data_ptr<S>();
