@@ -428,8 +428,8 @@ std::vector<at::Tensor> forward_impl(const Config& k, const at::Tensor& xz, cons
   auto rbuf = at::empty({B, H}, opt);
   auto hnbuf = proj ? at::empty({B, P}, opt) : rbuf;
   auto ones = at::ones({H}, opt);
-  auto zeros_row = at::zeros({H}, opt);
-  const S* ZERO_ROW = zeros_row.data_ptr<S>();
+  auto zeros = at::zeros({H}, opt);  // the "peephole weights" of gates without one
+  const S* ZERO = zeros.data_ptr<S>();
   // Full peepholes: one GEMM for the gates reading c_{t-1}, one for o reading c_t.
   std::optional<StepGemm> peep_prev, peep_o;
   at::Tensor pbuf, obuf;
@@ -465,7 +465,7 @@ std::vector<at::Tensor> forward_impl(const Config& k, const at::Tensor& xz, cons
       const S* cp = CP + b * H;
       const S* pb = PB ? PB + b * k.n_prev * H : nullptr;
       S* a = ACT + b * GH;
-      auto peep_of = [&](int64_t row) { return (row >= 0 && peep) ? peep + row * H : ZERO_ROW; };
+      auto peep_of = [&](int64_t row) { return (row >= 0 && peep) ? peep + row * H : ZERO; };
       auto full_of = [&](int64_t slot) { return slot >= 0 ? pb + slot * H : nullptr; };
       if (k.bi >= 0) sigmoid_gate<S, A>(H, a + k.bi * H, x + k.bi * H, zr + k.bi * H, full_of(k.si), peep_of(k.pi), cp);
       if (k.bf >= 0) sigmoid_gate<S, A>(H, a + k.bf * H, x + k.bf * H, zr + k.bf * H, full_of(k.sf), peep_of(k.pf), cp);
