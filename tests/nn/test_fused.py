@@ -6,7 +6,6 @@ extension is built) and the plain-PyTorch one ("torch", which CUDA tensors use).
 from __future__ import annotations
 
 import contextlib
-import itertools
 import warnings
 
 import pytest
@@ -19,8 +18,8 @@ from peephole_lstm.nn.layer import _step_function
 from tests.nn.helpers import gradients, make_lstm
 
 # The C++ kernel picks per GEMM by size: its own tiled GEMM (up to 8M multiply-adds), oneDNN (bigger,
-# float32) or MKL's at::mm (the rest);
-# "cpp-<gemm>" forces one of them for every size. "cpp" is its default choice.
+# float32) or MKL's at::mm (the rest). "cpp-<gemm>" forces one of them for every size; "cpp" is its
+# default choice.
 KERNELS = ["torch"] + (["cpp", "cpp-tiled", "cpp-mkl"] if fused.extension_available() else [])
 NEEDS_ONEDNN = pytest.mark.skipif(not fused.extension_available() or not torch.backends.mkldnn.is_available(),
                                   reason="needs the C++ kernel and a torch built with oneDNN")
