@@ -81,27 +81,32 @@ Config make_config(const std::vector<int64_t>& idx, const std::vector<bool>& fla
   return k;
 }
 
-// Rows of weight_ch (P, H, H) for the gates that peek at c_{t-1}, stacked to (n_prev*H, H).
+// (gate block, weight_ch row) of the gates whose full peepholes read c_{t-1}, in their slot order.
+std::vector<std::pair<int64_t, int64_t>> prev_peephole_gates(const Config& k) {
+  std::vector<std::pair<int64_t, int64_t>> gates;
+  if (k.si >= 0) gates.emplace_back(k.bi, k.pi);
+  if (k.sf >= 0) gates.emplace_back(k.bf, k.pf);
+  if (k.so >= 0) gates.emplace_back(k.bo, k.po);
+  return gates;
+}
+
+// Their rows of weight_ch (P, H, H), stacked to (n_prev*H, H).
 at::Tensor stacked_prev_peepholes(const Config& k, const at::Tensor& w_ch) {
   std::vector<at::Tensor> rows;
-  if (k.si >= 0) rows.push_back(w_ch[k.pi]);
-  if (k.sf >= 0) rows.push_back(w_ch[k.pf]);
-  if (k.so >= 0) rows.push_back(w_ch[k.po]);
+  for (const auto& [block, row] : prev_peephole_gates(k)) rows.push_back(w_ch[row]);
   return at::cat(rows, 0).contiguous();
 }
 
 // The columns of dZ_t (B, G*H) that multiply those stacked rows in the backward, in the same order:
 // a view when the gate blocks are adjacent (i, f of the usual i f g o layout), else a copy.
-at::Tensor prev_peephole_columns(const Config& k, const at::Tensor& dz_t, int64_t H) {
-  std::vector<int64_t> blocks;
-  if (k.si >= 0) blocks.push_back(k.bi);
-  if (k.sf >= 0) blocks.push_back(k.bf);
-  if (k.so >= 0) blocks.push_back(k.bo);
+at::Tensor prev_peephole_columns(const std::vector<std::pair<int64_t, int64_t>>& gates, const at::Tensor& dz_t,
+                                 int64_t H) {
+  const int64_t first = gates[0].first, n = static_cast<int64_t>(gates.size());
   bool adjacent = true;
-  for (size_t j = 1; j < blocks.size(); ++j) adjacent = adjacent && blocks[j] == blocks[0] + int64_t(j);
-  if (adjacent) return dz_t.narrow(1, blocks[0] * H, int64_t(blocks.size()) * H);
+  for (int64_t j = 1; j < n; ++j) adjacent = adjacent && gates[j].first == first + j;
+  if (adjacent) return dz_t.narrow(1, first * H, n * H);
   std::vector<at::Tensor> cols;
-  for (int64_t b : blocks) cols.push_back(dz_t.narrow(1, b * H, H));
+  for (const auto& [block, row] : gates) cols.push_back(dz_t.narrow(1, block * H, H));
   return at::cat(cols, 1);
 }
 
@@ -277,11 +282,12 @@ class StepGemm {
   // `rows` of `a` in each of `steps` calls.
   StepGemm(const at::Tensor& w, int64_t rows, int64_t steps) : wt_(w.t()) {
     // The tiled GEMM reads W^T contiguous, a copy per sequence: worth it only over several rows.
-    if (rows * w.size(0) * w.size(1) <= tiled_max_macs && rows * steps >= 8) {
+    const int64_t macs = rows * w.size(0) * w.size(1);
+    if (macs <= tiled_max_macs && rows * steps >= 8) {
       tiled_wt_ = wt_.contiguous();
       return;
     }
-    if (w.scalar_type() != at::kFloat || rows * w.size(0) * w.size(1) < onednn_min_macs ||
+    if (w.scalar_type() != at::kFloat || macs < onednn_min_macs ||
         !at::globalContext().userEnabledMkldnn() || !onednn_ops())
       return;
     packed_ = onednn_ops()->reorder.call(w.contiguous(), rows);
@@ -593,7 +599,8 @@ std::vector<at::Tensor> backward_impl(const Config& k, const at::Tensor& grad_ou
   auto sink = at::empty({B, 2 * H}, opt);  // where the gradients of absent gates go
   // Full peepholes, transposed as in the forward: dc_t += dz_o W_o, dc_{t-1} += [dz_i dz_f ..] [W_i; W_f; ..].
   std::optional<StepGemm> peep_prev, peep_o;
-  if (k.full && k.n_prev > 0) peep_prev.emplace(stacked_prev_peepholes(k, w_ch).t(), B, T);
+  const auto prev_gates = prev_peephole_gates(k);  // empty unless full peepholes read c_{t-1}
+  if (!prev_gates.empty()) peep_prev.emplace(stacked_prev_peepholes(k, w_ch).t(), B, T);
   if (k.o_full_current()) peep_o.emplace(w_ch[k.po].t(), B, T);
   const S* peep = (w_ch.defined() && !k.full) ? w_ch.data_ptr<S>() : nullptr;
   const S* ONE = ones.data_ptr<S>();
@@ -691,7 +698,7 @@ std::vector<at::Tensor> backward_impl(const Config& k, const at::Tensor& grad_ou
           dz + k.bg * H, DCX + b * H);
     });
     auto dz_t = dZ[t];
-    if (peep_prev) dc_next = peep_prev->addmm(dc_next, prev_peephole_columns(k, dz_t, H), dc_next);
+    if (peep_prev) dc_next = peep_prev->addmm(dc_next, prev_peephole_columns(prev_gates, dz_t, H), dc_next);
     dh_next = recurrent.addmm(dh_keep, dz_t, dh_next);
     std::swap(dh, dh_next);
     std::swap(dc, dc_next);
