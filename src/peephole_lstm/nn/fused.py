@@ -25,10 +25,9 @@ from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from peephole_lstm.nn.cell import step_flags
-from peephole_lstm.nn.functional import _peep
+from peephole_lstm.nn.functional import _peep, lstm_sequence, lstm_step
 from peephole_lstm.nn.options import CellOptions
 
 try:
@@ -91,33 +90,69 @@ def fused_sequence(
     w_hh, w_ch, _, w_hr = weights[:4]
     if lengths is not None:
         lengths = lengths.to(device=xz.device, dtype=torch.int64)
-    return _Sequence.apply(xz, h0, c0, w_hh, w_ch, w_hr, lengths, _config(opts))
+    return _Sequence.apply(xz, h0, c0, w_hh, w_ch, w_hr, lengths, opts)
+
+
+def _eager_sequence(xz, h0, c0, w_hh, w_ch, w_hr, lengths, opts: CellOptions):
+    """The same sequence through the eager per-step loop: differentiable to any order."""
+    weights = (w_hh, w_ch, None, w_hr, None, None, None, None)
+    gates0 = xz.new_zeros(xz.shape[1], 0)
+    out, h, c, _ = lstm_sequence(lstm_step, xz, h0, c0, gates0, lengths, weights, step_flags(opts, False))
+    return out, h, c
 
 
 class _Sequence(torch.autograd.Function):
+    """Forward and first-order backward by the hand-written kernels. The hand-written backward is not
+    itself differentiable, so when autograd asks for a graph of the gradient (create_graph=True: gradient
+    penalties, Hessian-vector products, gradgradcheck) the backward instead recomputes the sequence with
+    the eager ops and differentiates that: slower, but exact to any order, and first-order training
+    never pays for it."""
+
     @staticmethod
-    def forward(ctx, xz, h0, c0, w_hh, w_ch, w_hr, lengths, config):
-        idx, flags, clip, zoneout = config
+    def forward(ctx, xz, h0, c0, w_hh, w_ch, w_hr, lengths, opts):
+        idx, flags, clip, zoneout = _config(opts)
         use_cpp = kernel_name(xz.device) == "fused-cpp"
         run = _fused_cpu.forward if use_cpp else _forward_torch
         out, hs, cs, acts, cn, rs = run(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout)
-        ctx.config, ctx.use_cpp = config, use_cpp
-        ctx.save_for_backward(hs, cs, acts, cn, rs, w_hh, w_ch, w_hr, lengths)
+        ctx.opts, ctx.use_cpp = opts, use_cpp
+        # The inputs are saved for the double-backward recompute only: no copy, they exist anyway.
+        ctx.save_for_backward(hs, cs, acts, cn, rs, w_hh, w_ch, w_hr, lengths, xz, h0, c0)
         # Fresh tensors, not views of the saved states: users may modify the outputs in place.
         if not use_cpp and lengths is None:
             out = out.clone()
         return out, hs[-1].clone(), cs[-1].clone()
 
     @staticmethod
-    @once_differentiable  # the hand-written BPTT is not itself differentiable (no double backward)
     def backward(ctx, grad_out, grad_hn, grad_cn):
-        hs, cs, acts, cn, rs, w_hh, w_ch, w_hr, lengths = ctx.saved_tensors
-        idx, flags, clip, zoneout = ctx.config
+        hs, cs, acts, cn, rs, w_hh, w_ch, w_hr, lengths, xz, h0, c0 = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward is wanted
+            return _differentiable_backward(ctx, (xz, h0, c0, w_hh, w_ch, w_hr), lengths, grad_out, grad_hn, grad_cn)
+        idx, flags, clip, zoneout = _config(ctx.opts)
         run = _fused_cpu.backward if ctx.use_cpp else _backward_torch
         dxz, dh0, dc0, dw_hh, dw_ch, dw_hr = run(
             grad_out, grad_hn, grad_cn, hs, cs, acts, cn, rs, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout
         )
         return dxz, dh0, dc0, dw_hh, dw_ch, dw_hr, None, None
+
+
+def _differentiable_backward(ctx, inputs, lengths, grad_out, grad_hn, grad_cn):
+    """The vector-Jacobian product of the eager recomputation, built as a graph (of the saved inputs and
+    of the incoming gradients) so that autograd can differentiate it again."""
+    wanted = [i for i, need in enumerate(ctx.needs_input_grad[:6]) if need]
+    with torch.enable_grad():
+        # Detached leaves stand in for inputs that need no gradient, so the recompute never reaches into
+        # (or accumulates into) graphs the caller did not ask about.
+        args = [x if k in wanted else (None if x is None else x.detach()) for k, x in enumerate(inputs)]
+        outs = _eager_sequence(*args, lengths, ctx.opts)
+        pairs = [(o, g) for o, g in zip(outs, (grad_out, grad_hn, grad_cn)) if g is not None]
+        grads = torch.autograd.grad(
+            [o for o, _ in pairs], [args[k] for k in wanted], [g for _, g in pairs],
+            create_graph=True, allow_unused=True,
+        )
+    result = [None] * 8
+    for k, g in zip(wanted, grads):
+        result[k] = torch.zeros_like(inputs[k]) if g is None else g
+    return tuple(result)
 
 
 # --- the same algorithm in plain PyTorch ops (CUDA tensors, or no compiled kernel) -----------------
