@@ -1,4 +1,4 @@
-"""Train a model: `python train.py [overrides]` (see README "Training" and "Configuration")."""
+"""Train a model: `python train.py [overrides]` (see docs/configuration.md)."""
 from peephole_lstm.training.ddp import rewrite_child_argv
 
 rewrite_child_argv()  # DDP ranks > 0 join rank 0's job; must run before Hydra parses argv

@@ -255,7 +255,7 @@ def machine() -> dict:
         "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
         "python": platform.python_version(), "fused_extension": fused.extension_available(),
         "loadavg_start": os.getloadavg()[0],
-        # nn.LSTM's per-call workspace page-faults or not depending on the allocator (see README, Speed).
+        # nn.LSTM's per-call workspace page-faults or not depending on the allocator (see docs/speed.md).
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "ld_preload": os.environ.get("LD_PRELOAD", ""),
     }
 

@@ -31,7 +31,7 @@ def nrmse(peephole: str, seed: int) -> float:
 
 
 def write_job(sweep: Path, num: int, overrides: list[str], results: dict | None) -> Path:
-    """One Hydra multirun job dir as train.py leaves it (see notes/contracts.md)."""
+    """One Hydra multirun job dir as train.py leaves it (see docs/configuration.md, "Run directory")."""
     job = sweep / str(num)
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))

@@ -15,7 +15,7 @@ TINY = [o for o in TINY if o not in ("trainer.max_epochs=1", "+trainer.limit_tra
 
 
 def test_showcase_run_then_eval_on_its_checkpoint(tmp_path):
-    """`python train.py` as shipped (tags only label the W&B run): the README's showcase."""
+    """`python train.py` as shipped (tags only label the W&B run): the showcase of the README and docs/configuration.md."""
     start = time.perf_counter()
     proc = run_script("train.py", "tags=[showcase,test]", cwd=tmp_path)
     seconds = time.perf_counter() - start
@@ -24,7 +24,7 @@ def test_showcase_run_then_eval_on_its_checkpoint(tmp_path):
     res = results(run)
     assert res["status"] == "completed" and res["error"] is None
     assert res["overrides"] == ["tags=[showcase,test]"]
-    # a meaningful forecast (persistence scores 0.152 on this split; README: 0.022 in 15-17 s). The time
+    # a meaningful forecast (persistence scores 0.152 on this split; docs/configuration.md: 0.022 in 15-17 s). The time
     # bound only guards against gross regressions: the 60 s target is measured on an idle machine.
     assert res["metrics"]["test/nrmse"] < 0.05
     assert seconds < 120, f"the showcase took {seconds:.0f} s"

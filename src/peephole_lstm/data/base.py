@@ -1,6 +1,6 @@
 """What every datamodule shares: the TaskSpec contract, argument checks, splitting and loaders.
 
-The contract (notes/contracts.md): ``dm.spec`` calls ``dm.setup()``, which loads and validates all
+The contract (docs/data.md): ``dm.spec`` calls ``dm.setup()``, which loads and validates all
 data, so every data error surfaces before training starts.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ TASKS = ("forecast", "seq2seq", "classify", "lm")
 
 @dataclass
 class TaskSpec:
-    """What a model needs to know about a datamodule's batches (see notes/contracts.md)."""
+    """What a model needs to know about a datamodule's batches (see docs/data.md)."""
 
     task: str
     input_size: int

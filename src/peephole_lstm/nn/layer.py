@@ -34,7 +34,7 @@ class PeepholeLSTM(nn.Module):
     as nn.LSTM: (T, B, F), (B, T, F) with ``batch_first``, unbatched (T, F), or a PackedSequence.
 
     With ``peephole="none"`` and default options it computes exactly nn.LSTM, and loads its state_dict
-    with ``strict=False``. See the README for every option and the equations.
+    with ``strict=False``. See docs/reference.md for every option and the equations.
     """
 
     def __init__(

@@ -88,7 +88,7 @@ def _state_batch_size(state) -> int:
 
 
 class SequenceModel(pl.LightningModule):
-    """Recurrent network + task head; losses and metrics per the contract (notes/contracts.md).
+    """Recurrent network + task head; losses and metrics per docs/configuration.md ("Tasks and heads", "Metrics").
 
     forecast: linear map from the last hidden state to (horizon, output_size); MSE loss.
     seq2seq:  per-step linear map from the outputs; MSE loss.

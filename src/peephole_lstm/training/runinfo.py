@@ -69,7 +69,7 @@ def write_results(
     seed: int,
     wandb: Optional[dict],
 ) -> Path:
-    """results.json per notes/contracts.md (non-finite metrics are written as null: JSON has no NaN)."""
+    """results.json as docs/configuration.md ("Run directory") describes it (non-finite metrics are written as null: JSON has no NaN)."""
     run_dir = Path(run_dir)
     results = {
         "status": status,

@@ -33,7 +33,7 @@ Variant = _choices("Variant", variants)
 
 @dataclass
 class ModelConfig:
-    """The recurrent network, its task head and its optimisation (see README, Configuration)."""
+    """The recurrent network, its task head and its optimisation (see docs/configuration.md)."""
 
     arch: Arch = Arch.peephole  # peephole: peephole_lstm.PeepholeLSTM; lstm / gru: torch.nn baselines
     variant: Optional[Variant] = None  # a Greff et al. preset; its options override the ones below
