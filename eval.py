@@ -9,9 +9,11 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig):
+    from peephole_lstm.training.errors import reported
     from peephole_lstm.training.run import evaluate  # Lightning, W&B: loaded once the config is valid
 
-    return evaluate(cfg)
+    with reported():  # a config or data mistake: one message, no traceback (HYDRA_FULL_ERROR=1 shows it)
+        return evaluate(cfg)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,11 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig):
+    from peephole_lstm.training.errors import reported
     from peephole_lstm.training.run import train  # Lightning, W&B: loaded once the config is valid
 
-    return train(cfg)
+    with reported():  # a config or data mistake: one message, no traceback (HYDRA_FULL_ERROR=1 shows it)
+        return train(cfg)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,14 @@ _BOMS = {
 }
 
 
+class DataFileNotFoundError(DataError, FileNotFoundError):
+    """The data file does not exist (a DataError, so train.py reports it as one message)."""
+
+
+class DataPathIsDirectoryError(DataError, IsADirectoryError):
+    """The data path names a directory."""
+
+
 def resolve_file(path: object, what: str) -> Path:
     if path is None or (isinstance(path, str) and not path.strip()):
         raise ValueError(f"path={path!r}: give the path of the {what}")
@@ -19,9 +27,9 @@ def resolve_file(path: object, what: str) -> Path:
         raise ValueError(f"path={path!r} must be a string path to the {what}")
     p = Path(path).expanduser()
     if not p.exists():
-        raise FileNotFoundError(f"{what} not found: {str(p)!r} (absolute: {str(p.absolute())!r})")
+        raise DataFileNotFoundError(f"{what} not found: {str(p)!r} (absolute: {str(p.absolute())!r})")
     if p.is_dir():
-        raise IsADirectoryError(f"{what} path {str(p)!r} is a directory, not a file")
+        raise DataPathIsDirectoryError(f"{what} path {str(p)!r} is a directory, not a file")
     return p
 
 

@@ -6,12 +6,13 @@ always leaves results.json (status "completed" or "failed") and ends its W&B run
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
-import hydra.utils
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -20,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from peephole_lstm.training import ddp
 from peephole_lstm.training.checkpointing import AtomicCheckpointIO, Resume, load_file, prepare_resume
 from peephole_lstm.training.checks import ConfigError, check_schema_keys, check_targets
+from peephole_lstm.training.errors import check_missing, instantiate
 from peephole_lstm.training.loggers import finish_wandb, wandb_info
 from peephole_lstm.training.module import SequenceModel, recurrent_network
 from peephole_lstm.training.schema import EvalConfig, TrainConfig
@@ -42,8 +44,13 @@ class _Job:
     wandb: Optional[dict] = None
 
 
-def _run_job(cfg: DictConfig, body: Callable[[DictConfig, _Job], None]) -> dict:
-    """Run `body` as one job: config tree, resolved config, results.json and the W&B run's end."""
+def _run_job(cfg: DictConfig, prepare: Callable[[DictConfig], Any], body: Callable[[DictConfig, _Job, Any], None]) -> dict:
+    """Run one job: `prepare` validates the config and loads the data, then the config tree is printed and
+    `body` runs with what `prepare` returned; results.json and the W&B run's end in every case.
+
+    Validation comes first so that a mistake is the first thing the user sees, not the last line after
+    a 130-line config tree.
+    """
     run_dir = cfg.paths.output_dir
     child = ddp.is_extra_rank()  # ranks > 0 write no results and print nothing
     if cfg.extras.ignore_warnings:
@@ -51,13 +58,14 @@ def _run_job(cfg: DictConfig, body: Callable[[DictConfig, _Job], None]) -> dict:
     if cfg.extras.torch_threads:
         torch.set_num_threads(cfg.extras.torch_threads)
     if not child:
-        if cfg.extras.print_config:
-            print_config_tree(cfg)
         save_config(cfg, run_dir)
     job = _Job()
     try:
         with ddp.ddp_job(run_dir, hydra_overrides()):
-            body(cfg, job)
+            prepared = prepare(cfg)
+            if not child and cfg.extras.print_config:
+                print_config_tree(cfg)
+            body(cfg, job, prepared)
     except BaseException as e:
         if not child:
             write_results(run_dir, status="failed", error=f"{type(e).__name__}: {e}", metrics=job.metrics,
@@ -70,18 +78,18 @@ def _run_job(cfg: DictConfig, body: Callable[[DictConfig, _Job], None]) -> dict:
     return job.metrics
 
 
-def _instantiate_all(node: Optional[DictConfig]) -> list:
+def _instantiate_all(node: Optional[DictConfig], key: str) -> list:
     """Instantiate every `_target_` entry of a group such as `callbacks` or `logger` (None/empty: none)."""
     if not node:
         return []
-    return [hydra.utils.instantiate(v) for v in node.values() if v and "_target_" in v]
+    return [instantiate(v, f"{key}.{name}") for name, v in node.items() if v and "_target_" in v]
 
 
 def _trainer(cfg: DictConfig, job: _Job) -> pl.Trainer:
-    callbacks = _instantiate_all(cfg.callbacks)
-    job.loggers = _instantiate_all(cfg.logger)
-    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=job.loggers or False,
-                                      plugins=[AtomicCheckpointIO()])  # kill-safe saves, weights_only loads
+    callbacks = _instantiate_all(cfg.callbacks, "callbacks")
+    job.loggers = _instantiate_all(cfg.logger, "logger")
+    trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=job.loggers or False,
+                          plugins=[AtomicCheckpointIO()])  # kill-safe saves, weights_only loads
     if trainer.is_global_zero:
         job.wandb = wandb_info(job.loggers)
     for logger in job.loggers:
@@ -99,7 +107,17 @@ def _metrics(trainer: pl.Trainer, prefixes: tuple[str, ...]) -> dict:
     return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefixes)}
 
 
-def _fit(cfg: DictConfig, job: _Job, resume: Optional[Resume] = None) -> None:
+@dataclass
+class _Prepared:
+    """What validation built: the data (loaded and checked) and the model it fits."""
+
+    datamodule: Any
+    model: Any
+
+
+def _prepare_fit(cfg: DictConfig) -> _Prepared:
+    """Every check that can fail on the user's config or data, before anything is printed or trained."""
+    check_missing(cfg, _choices())
     check_schema_keys(cfg, TrainConfig)
     _check_config(cfg, ("data", "trainer", "callbacks", "logger"))
     model_cfg = resolved(cfg.model)
@@ -107,12 +125,17 @@ def _fit(cfg: DictConfig, job: _Job, resume: Optional[Resume] = None) -> None:
     if cfg.model.scheduler:
         check_targets(cfg.model.scheduler, "model.scheduler")
     recurrent_network(model_cfg, input_size=1)  # model options fail here, before any data is loaded
-    pl.seed_everything(cfg.seed, workers=True)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the config tree shows the seed
 
-    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule = instantiate(cfg.data, "data")
     spec = asdict(datamodule.spec)  # loads and validates all data
     model = SequenceModel(spec=spec, model=model_cfg)
     model.run_config = resolved(cfg)
+    return _Prepared(datamodule, model)
+
+
+def _fit(cfg: DictConfig, job: _Job, prepared: _Prepared, resume: Optional[Resume] = None) -> None:
+    datamodule, model = prepared.datamodule, prepared.model
     trainer = _trainer(cfg, job)
     if resume:
         resume.restore_logs(trainer.loggers)
@@ -131,12 +154,52 @@ def _fit(cfg: DictConfig, job: _Job, resume: Optional[Resume] = None) -> None:
         job.metrics.update(_metrics(trainer, ("test/",)))
 
 
+def _choices() -> dict:
+    """The config group options of this run (data=csv, ...), for messages; empty outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
+
+
+def _remove_unused_run_dir(run_dir: str) -> None:
+    """Remove the run dir Hydra made for this start when nothing else was written into it.
+
+    Hydra creates the run dir (its .hydra/ and the job's log) before the task runs, so a refused resume,
+    e.g. `ckpt_path=last` with a mistyped `hydra.run.dir`, would leave an empty run behind. Only a dir of
+    a single run holding nothing but those files, all written by this process, is removed.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.RUN:
+        return
+    path = Path(run_dir)
+    log_name = f"{HydraConfig.get().job.name}.log"
+    if not path.is_dir() or not {p.name for p in path.iterdir()} <= {".hydra", log_name}:
+        return
+    try:
+        started = os.stat("/proc/self").st_ctime  # this process's start (Linux); elsewhere keep the dir
+    except OSError:
+        return
+    if any(p.stat().st_mtime < started for p in path.rglob("*")):
+        return
+    for handler in list(logging.getLogger().handlers):  # Hydra's file handler writes the job's log there
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == path.resolve():
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def train(cfg: DictConfig) -> Optional[float]:
     """Fit (and test) as configured; returns the value of `optimized_metric` (for Optuna sweeps)."""
     # ckpt_path is resolved (`last`) and checked (file, config) before the job writes into the run dir, so a
     # refused resume leaves that run's config.yaml and results.json as they were.
-    resume = prepare_resume(cfg, resolved(cfg))
-    metrics = _run_job(cfg, lambda cfg, job: _fit(cfg, job, resume))
+    try:
+        resume = prepare_resume(cfg, resolved(cfg))
+    except ConfigError:
+        _remove_unused_run_dir(cfg.paths.output_dir)
+        raise
+    metrics = _run_job(cfg, _prepare_fit, lambda cfg, job, prepared: _fit(cfg, job, prepared, resume))
     if cfg.optimized_metric not in metrics:
         raise ConfigError(
             f"optimized_metric={cfg.optimized_metric!r} was not produced; available: {', '.join(sorted(metrics))}"
@@ -153,12 +216,12 @@ def load_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
-def _evaluate(cfg: DictConfig, job: _Job) -> None:
+def _prepare_evaluate(cfg: DictConfig) -> _Prepared:
     check_schema_keys(cfg, EvalConfig)
     _check_config(cfg, ("trainer", "callbacks", "logger"))
     checkpoint = load_checkpoint(cfg.ckpt_path)
-    pl.seed_everything(cfg.seed, workers=True)
-    datamodule = hydra.utils.instantiate(checkpoint["run_config"]["data"])
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = instantiate(checkpoint["run_config"]["data"], "data (from the checkpoint)")
     spec = asdict(datamodule.spec)
     model = SequenceModel(**checkpoint["hyper_parameters"])
     for key in ("task", "input_size", "output_size", "horizon"):
@@ -167,8 +230,12 @@ def _evaluate(cfg: DictConfig, job: _Job) -> None:
                               f"the model was trained with {model.spec.get(key)!r}")
     model.load_state_dict(checkpoint["state_dict"])
     model.run_config = checkpoint["run_config"]
+    return _Prepared(datamodule, model)
+
+
+def _evaluate(cfg: DictConfig, job: _Job, prepared: _Prepared) -> None:
     trainer = _trainer(cfg, job)
-    trainer.test(model, datamodule=datamodule)
+    trainer.test(prepared.model, datamodule=prepared.datamodule)
     job.metrics.update(_metrics(trainer, ("test/",)))
 
 
@@ -176,4 +243,4 @@ def evaluate(cfg: DictConfig) -> dict:
     """Test the checkpoint `cfg.ckpt_path` on its data's test split; returns the test metrics."""
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise ConfigError("ckpt_path is required: python eval.py ckpt_path=<run dir>/checkpoints/last.ckpt")
-    return _run_job(cfg, _evaluate)
+    return _run_job(cfg, _prepare_evaluate, _evaluate)
