@@ -27,6 +27,11 @@ BAD_OPTIONS = [
     (dict(coupled=True, forget_gate=False), r"coupled=True.*forget_gate=False"),
     (dict(gate_recurrence=True, input_gate=False, forget_gate=False, output_gate=False), r"gate_recurrence=True"),
     (dict(layer_norm="yes"), r"layer_norm='yes' must be a bool"),
+    # a peephole asked for on a gate that the other options remove
+    (dict(coupled=True, peephole_gates="i"), r"peephole_gates='i'.*input gate, which coupled=True"),
+    (dict(input_gate=False, peephole_gates="io"), r"peephole_gates='io'.*input gate, which input_gate=False"),
+    (dict(forget_gate=False, peephole_gates="fo", peephole="full"), r"peephole_gates='fo'.*forget gate, which forget_gate=False"),
+    (dict(output_gate=False, peephole_gates="o"), r"peephole_gates='o'.*output gate, which output_gate=False"),
     (dict(forget_bias="1"), r"forget_bias='1' must be a number"),
 ]
 LAYER_ONLY = [
@@ -150,9 +155,9 @@ def test_no_forget_gate_no_forget_bias_block():
 
 
 def test_parameter_shapes_follow_the_layout():
-    lstm = PeepholeLSTM(3, 4, proj_size=2, peephole="full", peephole_gates="io", coupled=True, gate_recurrence=True)
+    lstm = PeepholeLSTM(3, 4, proj_size=2, peephole="full", peephole_gates="o", coupled=True, gate_recurrence=True)
     shapes = {n: tuple(p.shape) for n, p in lstm.named_parameters()}
-    # CIFG: blocks f, g, o; peephole rows only for gates that have their own block (o, not the coupled i).
+    # CIFG: blocks f, g, o; one peephole row, for the one gate asked for (o).
     assert shapes == {
         "weight_ih_l0": (12, 3), "weight_hh_l0": (12, 2), "bias_ih_l0": (12,), "bias_hh_l0": (12,),
         "weight_hr_l0": (2, 4), "weight_ch_l0": (1, 4, 4), "weight_gh_l0": (8, 8),
@@ -161,3 +166,14 @@ def test_parameter_shapes_follow_the_layout():
         "weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"
     }
     assert PeepholeLSTMCell(3, 4).weight_ch.shape == (3, 4)
+
+
+def test_default_peephole_gates_mean_every_gate_that_exists():
+    # "ifo" with gates switched off (every Greff variant, even all gates off) gives the remaining gates a
+    # peephole instead of failing; peephole="none" asks for no peephole, so its gates are never checked.
+    assert PeepholeLSTM(3, 4, coupled=True).options[0].peephole_rows == "fo"
+    assert PeepholeLSTM(3, 4, input_gate=False, forget_gate=False, output_gate=False).options[0].peephole_rows == ""
+    assert PeepholeLSTMCell(3, 4, output_gate=False, peephole_gates="ifo").weight_ch.shape == (2, 4)
+    assert PeepholeLSTM(3, 4, coupled=True, peephole="none", peephole_gates="i").options[0].peephole_rows == ""
+    for name, preset in variants.items():
+        assert PeepholeLSTM(3, 4, **preset).options[0].peephole == preset["peephole"], name

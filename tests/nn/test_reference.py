@@ -24,8 +24,8 @@ OPTION_CASES = {
     "gates=o": dict(peephole_gates="o"),
     "gates=o-previous": dict(peephole_gates="o", output_peephole="previous"),
     "gates=if-full": dict(peephole="full", peephole_gates="if"),
-    "gates=io-CIFG": dict(coupled=True, peephole_gates="io"),
-    "gates=fo-NFG": dict(forget_gate=False, peephole_gates="fo"),
+    "gates=fo-CIFG": dict(coupled=True, peephole_gates="fo"),
+    "gates=io-NFG": dict(forget_gate=False, peephole_gates="io"),
     "layer_norm": dict(layer_norm=True),
     "layer_norm-full": dict(layer_norm=True, peephole="full"),
     "layer_norm-CIFG-clip": dict(layer_norm=True, coupled=True, cell_clip=0.5),
@@ -176,6 +176,10 @@ def _options(draw):
         bidirectional=draw(st.booleans()),
         bias=draw(st.booleans()),
     )
+    # A narrower set than "ifo" may only name gates that exist (else PeepholeLSTM refuses it).
+    exists = {"i": kwargs["input_gate"] and not coupled, "f": kwargs["forget_gate"], "o": kwargs["output_gate"]}
+    if kwargs["peephole_gates"] != "ifo":
+        kwargs["peephole_gates"] = "".join(g for g in kwargs["peephole_gates"] if exists[g]) or "ifo"
     has_gate = kwargs["input_gate"] or kwargs["forget_gate"] or kwargs["output_gate"]
     kwargs["gate_recurrence"] = has_gate and draw(st.booleans())
     return kwargs

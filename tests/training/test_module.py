@@ -52,6 +52,9 @@ def test_forecast_reads_the_last_hidden_state():
 def test_arch_selects_the_network_and_variant_overrides_options():
     assert isinstance(recurrent_network(model_cfg(arch="lstm"), 3), torch.nn.LSTM)
     assert isinstance(recurrent_network(model_cfg(arch="gru"), 3), torch.nn.GRU)
+    # peephole=none describes torch's LSTM/GRU, so it is accepted (sweeps such as arch=lstm,peephole)
+    assert isinstance(recurrent_network(model_cfg(arch="gru", peephole="none"), 3), torch.nn.GRU)
+    assert recurrent_network(model_cfg(arch="lstm", proj_size=2), 3).proj_size == 2
     with pytest.warns(UserWarning, match=r"model.variant=CIFG sets its own options; ignoring model.peephole='full'"):
         net = recurrent_network(model_cfg(variant="CIFG", peephole="full"), 3)
     assert isinstance(net, PeepholeLSTM)
@@ -63,6 +66,9 @@ def test_arch_selects_the_network_and_variant_overrides_options():
     "overrides, message",
     [
         (dict(arch="gru", variant="NIG"), "model.variant"),
+        (dict(arch="gru", peephole="full"), r"model.arch=gru \(torch.nn.GRU\) ignores model.peephole='full'"),
+        (dict(arch="lstm", coupled=True, zoneout=0.1), r"ignores model.coupled=True, model.zoneout=0.1"),
+        (dict(arch="gru", proj_size=2), r"model.arch=gru .* ignores model.proj_size=2"),
         (dict(arch="lstm", compile=True), "model.compile"),
         (dict(compile=True, backend="script"), "model.backend=script"),
         (dict(peephole_gates="xyz"), "peephole_gates"),

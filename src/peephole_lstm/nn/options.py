@@ -103,6 +103,7 @@ class CellOptions:
                              "it cannot be combined with input_gate=False")
         if self.coupled and not self.forget_gate:
             raise ValueError("coupled=True needs the forget gate (i = 1 - f); it cannot be combined with forget_gate=False")
+        self._check_requested_peepholes()
         if self.gate_recurrence and not self.gate_names:
             raise ValueError("gate_recurrence=True needs at least one of the input, forget or output gates")
         if isinstance(self.forget_bias, bool) or not isinstance(self.forget_bias, (int, float)):
@@ -113,6 +114,22 @@ class CellOptions:
             raise ValueError(f"cell_clip={self.cell_clip!r} must be None or a number > 0")
         if isinstance(self.zoneout, bool) or not isinstance(self.zoneout, (int, float)) or not 0.0 <= self.zoneout < 1.0:
             raise ValueError(f"zoneout={self.zoneout!r} must be a probability in [0, 1)")
+
+    def _check_requested_peepholes(self) -> None:
+        # "ifo" (the default) means every gate that exists, so switching gates off keeps working with it;
+        # a narrower set is a request for those gates, and a gate that does not exist cannot get one.
+        if self.peephole == "none" or set(self.peephole_gates) == set("ifo"):
+            return
+        why = {"i": "coupled=True (i = 1 - f)" if self.coupled else "input_gate=False",
+               "f": "forget_gate=False", "o": "output_gate=False"}
+        names = {"i": "input", "f": "forget", "o": "output"}
+        for gate in self.peephole_gates:
+            if gate not in self.gate_names:
+                raise ValueError(
+                    f"peephole_gates={self.peephole_gates!r} asks for a peephole on the {names[gate]} gate, "
+                    f"which {why[gate]} removes; drop {gate!r} from peephole_gates, or use 'ifo' "
+                    f"(a peephole on every gate that exists)"
+                )
 
     @property
     def blocks(self) -> str:

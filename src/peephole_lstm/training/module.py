@@ -46,6 +46,16 @@ def recurrent_network(cfg: dict, input_size: int) -> nn.Module:
     )
     arch = cfg["arch"]
     if arch != "peephole":
+        # torch's LSTM/GRU have none of PeepholeLSTM's options: one set by the user would be ignored
+        # silently, and a sweep over it would report identical models under different labels.
+        ignored = [f"model.{k}={cfg[k]!r}" for k in PEEPHOLE_OPTIONS
+                   if cfg[k] != _DEFAULTS[k] and not (k == "proj_size" and arch == "lstm")
+                   and not (k == "peephole" and cfg[k] == "none")]
+        if ignored:
+            raise ModelConfigError(
+                f"model.arch={arch} (torch.nn.{'LSTM' if arch == 'lstm' else 'GRU'}) ignores {', '.join(ignored)}: "
+                f"these options exist for model.arch=peephole only; drop them or use model.arch=peephole"
+            )
         if cfg.get("variant") is not None:
             raise ModelConfigError(f"model.variant={cfg['variant']} needs model.arch=peephole (got arch={arch})")
         if cfg["compile"] or cfg["backend"] != "auto":
@@ -54,9 +64,7 @@ def recurrent_network(cfg: dict, input_size: int) -> nn.Module:
             )
         if arch == "lstm":
             return nn.LSTM(**common, proj_size=cfg["proj_size"])
-        if cfg["proj_size"]:
-            raise ModelConfigError("model.proj_size is not supported by arch=gru")
-        return nn.GRU(**common)
+        return nn.GRU(**common)  # proj_size was refused above
     options = {k: cfg[k] for k in PEEPHOLE_OPTIONS}
     if cfg.get("variant") is not None:
         preset = variants[cfg["variant"]]
