@@ -56,11 +56,13 @@ def test_peephole_ablation_multirun_one_wandb_run_per_job_and_report(tmp_path):
     assert groups == {f"{sweep.parent.name}_{sweep.name}"}  # one group per sweep
 
     rows = report_rows(sweep, "--metric", "test/nrmse")
-    assert [r["variant"] for r in rows] == [f"model.peephole={p}" for p in ["none", "diagonal", "full"]]
+    assert [r["arm"] for r in rows] == [f"model.peephole={p}" for p in ["none", "diagonal", "full"]]
+    assert len({r["group"] for r in rows}) == 1  # data=timing only: one dataset group
     for row, job in zip(rows, jobs):
         assert (row["jobs"], row["failed"], row["test/nrmse_n"]) == ("1", "0", "1")
         assert float(row["test/nrmse_mean"]) == pytest.approx(results(job)["metrics"]["test/nrmse"])
-    assert (sweep / "box_test_nrmse.png").stat().st_size > 10_000
+    (box,) = sweep.glob("box_test_nrmse__*.png")  # named after the group (its data.* overrides)
+    assert box.stat().st_size > 10_000
 
 
 CRASH = textwrap.dedent('''
@@ -101,7 +103,7 @@ def test_crashing_job_does_not_stop_the_sweep_and_is_reported(tmp_path):
     assert (row["jobs"], row["failed"], row["test/loss_n"]) == ("3", "1", "2")
     assert float(row["test/loss_mean"]) == pytest.approx(statistics.mean(losses))
     md = (sweep / "report.md").read_text()
-    assert "| 1 | (all jobs) | 1 | failed | RuntimeError: injected crash in the job with seed 1 |" in md
+    assert "| 1 | data=timing, " in md and "| (all jobs) | 1 | failed | RuntimeError: injected crash in the job with seed 1 |" in md
 
 
 def test_optuna_search_of_three_trials(tmp_path):

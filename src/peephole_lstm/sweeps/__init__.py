@@ -1,4 +1,4 @@
-"""Sweeps: reports on a Hydra multirun dir (or W&B runs) per variant across seeds, and job resume.
+"""Sweeps: reports on a Hydra multirun dir (or W&B runs) per dataset group and arm across seeds, and job resume.
 
 Names are imported on first use: Hydra imports the launcher plugin (and so this package) at every
 `train.py` start, which must not pay for pandas and matplotlib.
@@ -6,9 +6,9 @@ Names are imported on first use: Hydra imports the launcher plugin (and so this 
 from importlib import import_module
 
 _EXPORTS = {
-    "Job": "jobs", "discover_jobs": "jobs", "jobs_from_runs": "jobs", "read_job": "jobs",
-    "Variant": "aggregate", "default_mode": "aggregate", "group_jobs": "aggregate",
-    "metric_stats": "aggregate", "summarize": "aggregate",
+    "Job": "jobs", "discover_jobs": "jobs", "jobs_from_runs": "jobs", "read_job": "jobs", "read_history": "jobs",
+    "Variant": "aggregate", "Arm": "aggregate", "Group": "aggregate", "default_mode": "aggregate",
+    "group_jobs": "aggregate", "split_groups": "aggregate", "metric_stats": "aggregate", "summarize": "aggregate",
     "Report": "report", "write_report": "report",
 }
 __all__ = sorted(_EXPORTS)

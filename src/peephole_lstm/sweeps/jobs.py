@@ -1,11 +1,12 @@
 """The jobs of a sweep, read either from a Hydra multirun directory or from W&B run records.
 
 Both sources are reduced to the same `Job` record, so grouping, statistics and plots have one
-implementation. The local reader relies only on the run-directory contract (``.hydra/`` and
-``results.json``); it needs neither W&B nor the training code.
+implementation. The local reader relies only on the run-directory contract (``.hydra/``, ``results.json`` and the
+optional per-epoch ``history.csv``); it needs neither W&B nor the training code.
 """
 from __future__ import annotations
 
+import csv
 import json
 import re
 from dataclasses import dataclass, field
@@ -23,6 +24,9 @@ RUNNING = "running"  # W&B only: the run has not finished yet
 SEED_KEY = "seed"
 # Overrides a requeued job gains to resume (peephole_lstm.sweeps.launcher); they do not change its variant.
 RESUME_KEYS = ("ckpt_path",)
+# Override keys that name the dataset or task: jobs that differ in them are never pooled in a report.
+DATA_KEYS = ("data",)
+HISTORY_FILE = "history.csv"  # per-epoch metrics (peephole_lstm.training.callbacks.MetricHistory)
 
 
 @dataclass
@@ -34,6 +38,8 @@ class Job:
     error: Optional[str] = None
     seed: Optional[int] = None
     path: Optional[str] = None
+    # metric -> [(epoch, value)] in epoch order, epochs 0-based as in history.csv; empty without one
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
     @property
     def completed(self) -> bool:
@@ -46,10 +52,27 @@ def split_override(override: str) -> tuple[str, str]:
     return key.lstrip("+~"), value if sep else ""
 
 
-def variant_overrides(job: Job) -> tuple[str, ...]:
-    """What identifies a job's variant: its overrides without the seed (and resume keys), canonically ordered."""
-    kept = (o for o in job.overrides if split_override(o)[0] not in (SEED_KEY, *RESUME_KEYS))
+def key_matches(key: str, prefixes: Iterable[str]) -> bool:
+    """Whether override key `key` is one of `prefixes` or below one: "data.task" matches "data"."""
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def group_overrides(job: Job, group_by: Iterable[str] = DATA_KEYS) -> tuple[str, ...]:
+    """What identifies a job's dataset group: its overrides whose key matches `group_by`, canonically ordered."""
+    group_by = tuple(group_by)
+    kept = (o for o in job.overrides if key_matches(split_override(o)[0], group_by))
     return tuple(sorted(kept, key=lambda o: split_override(o)[0]))
+
+
+def variant_overrides(job: Job, exclude: Iterable[str] = ()) -> tuple[str, ...]:
+    """What identifies a job's variant (arm): its overrides without the seed, resume keys and the keys
+    matching `exclude` (the group keys), canonically ordered."""
+    exclude = tuple(exclude)
+
+    def kept(key: str) -> bool:
+        return key not in (SEED_KEY, *RESUME_KEYS) and not key_matches(key, exclude)
+
+    return tuple(sorted((o for o in job.overrides if kept(split_override(o)[0])), key=lambda o: split_override(o)[0]))
 
 
 def _job_sort_key(path: Path):
@@ -95,9 +118,44 @@ def _numeric_metrics(values: Mapping[str, Any]) -> dict[str, float]:
     }
 
 
+def read_history(path: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """history.csv -> {metric: [(epoch, value), ...]} sorted by epoch; an empty cell is a missing value.
+
+    No file gives {}. A malformed file is an error: a learning curve silently cut short would mislead.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or not rows[0] or rows[0][0] != "epoch":
+        raise ValueError(f"{path}: the header must start with 'epoch' (got {','.join(rows[0]) if rows else 'an empty file'})")
+    names = rows[0][1:]
+    history: dict[str, list[tuple[int, float]]] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        if len(row) > len(rows[0]):
+            raise ValueError(f"{path}:{line}: {len(row)} cells, the header has {len(rows[0])}")
+        try:
+            epoch = int(float(row[0]))
+            cells = [(name, float(cell)) for name, cell in zip(names, row[1:]) if cell.strip()]
+        except ValueError as e:
+            raise ValueError(f"{path}:{line}: not a number ({e})") from None
+        for name, value in cells:
+            history.setdefault(name, []).append((epoch, value))
+    for points in history.values():
+        points.sort()
+        epochs = [e for e, _ in points]
+        if len(set(epochs)) != len(epochs):
+            raise ValueError(f"{path}: epoch {next(e for e in epochs if epochs.count(e) > 1)} appears twice")
+    return history
+
+
 def read_job(job_dir: str | Path) -> Job:
     job_dir = Path(job_dir)
     overrides = _hydra_overrides(job_dir)
+    history = read_history(job_dir / HISTORY_FILE)
     results_path = job_dir / "results.json"
     if not results_path.is_file():
         return Job(
@@ -107,6 +165,7 @@ def read_job(job_dir: str | Path) -> Job:
             error="no results.json (the job was killed, is still running, or crashed before writing it)",
             seed=_seed_from_overrides(overrides),
             path=str(job_dir),
+            history=history,
         )
     try:
         results = json.loads(results_path.read_text())
@@ -114,7 +173,7 @@ def read_job(job_dir: str | Path) -> Job:
             raise ValueError("top level is not a JSON object")
     except ValueError as e:
         return Job(job_dir.name, overrides, INVALID, error=f"unreadable results.json: {e}", path=str(job_dir),
-                   seed=_seed_from_overrides(overrides))
+                   seed=_seed_from_overrides(overrides), history=history)
     overrides = [str(o) for o in results.get("overrides", overrides)]
     status = results.get("status")
     seed = results.get("seed")
@@ -126,6 +185,7 @@ def read_job(job_dir: str | Path) -> Job:
         error=results.get("error") if status in (COMPLETED, FAILED) else f"unknown status {status!r}",
         seed=seed if isinstance(seed, int) else _seed_from_overrides(overrides),
         path=str(job_dir),
+        history=history,
     )
 
 
