@@ -557,7 +557,7 @@ def test_bad_input_errors(sweep, tmp_path):
 
 def run_cli(*args, env=None):
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=120)
+                          env=env, timeout=900)  # generous: a loaded shared CPU took 140 s to import torch
 
 
 def test_cli_writes_into_sweep_dir_by_default(sweep):
