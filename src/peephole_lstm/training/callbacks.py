@@ -1,4 +1,4 @@
-"""PredictionPlot: after test, predictions vs truth on the test split as PNGs (and W&B images)."""
+"""PredictionPlot: after test, predictions vs truth on the test split as PNGs (and W&B / TensorBoard images)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,6 +8,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 
 from peephole_lstm.training import plotting
+from peephole_lstm.training.loggers import TensorBoardLogger
 
 
 class PredictionPlot(pl.Callback):
@@ -44,6 +45,8 @@ class PredictionPlot(pl.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image(key=f"plots/test_{task}", images=[str(path)])
+            elif isinstance(logger, TensorBoardLogger):
+                logger.log_image(f"plots/test_{task}", path, step=trainer.global_step)
 
     @staticmethod
     @torch.no_grad()

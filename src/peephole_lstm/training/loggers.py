@@ -1,17 +1,21 @@
-"""Logger construction and the W&B run lifecycle.
+"""Logger construction, the W&B run lifecycle and TensorBoard as an offline dashboard.
 
 W&B runs offline unless the user has credentials, so a fresh machine never blocks on a login prompt
 or the network; every job ends its run with `finish_wandb`, so no state leaks into the next multirun job.
 """
 from __future__ import annotations
 
+import math
 import netrc
 import os
+from enum import Enum
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 from urllib.parse import urlparse
 
+from lightning.pytorch import loggers as pl_loggers
 from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 WANDB_MODES = ("online", "offline", "disabled")
 
@@ -71,7 +75,7 @@ def wandb_logger(
     id: Optional[str] = None,  # noqa: A002 (W&B's name) continue this run: a requeued job stays one run
 ) -> WandbLogger:
     """A WandbLogger writing under `save_dir`/wandb/; the run itself starts on first use (rank 0 only)."""
-    return WandbLogger(
+    logger = WandbLogger(
         id=id,
         resume="allow" if id else None,
         project=project,
@@ -84,6 +88,11 @@ def wandb_logger(
         name=name or job_name(),
         log_model=log_model,
     )
+    # Lightning always passes wandb.init(anonymous=None), and W&B warns on every run that the setting has
+    # no effect; leaving the key out is what W&B asks for.
+    if logger._wandb_init.get("anonymous") is None:
+        logger._wandb_init.pop("anonymous", None)
+    return logger
 
 
 def wandb_info(loggers: Sequence[Logger]) -> Optional[dict]:
@@ -103,3 +112,117 @@ def finish_wandb(failed: bool) -> None:
 
     if wandb.run is not None:
         wandb.finish(exit_code=1 if failed else 0)
+
+
+# Keys every run shows in TensorBoard's HParams table (the usual arms of a sweep), besides the keys its
+# sweep varies. Few on purpose: the table shows only its first few columns until the user ticks more.
+HPARAM_KEYS = ("seed", "model.peephole", "model.variant")
+
+
+def swept_overrides() -> list[str]:
+    """The job's overrides that are arms: in a multirun the keys the sweep varies (comma lists and
+    ranges on the command line, `hydra.sweeper.params` of an experiment or search config); in a single
+    run every override."""
+    import sys
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return []
+    hydra_cfg = HydraConfig.get()
+    overrides = list(hydra_cfg.overrides.task)
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return overrides
+    swept = {str(k) for k in (hydra_cfg.sweeper.get("params") or {})}
+    try:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        args = [a for a in sys.argv[1:] if "=" in a and not a.startswith("-")]
+        swept |= {o.key_or_group for o in OverridesParser.create().parse_overrides(args) if o.is_sweep_override()}
+    except Exception:  # noqa: BLE001 - an argv Hydra did not parse (a launcher's own): keep the sweeper's keys
+        pass
+    return [o for o in overrides if o.lstrip("+~").partition("=")[0] in swept]
+
+
+def run_hparams(cfg: Any, overrides: Sequence[str] = (), choices: Optional[dict] = None) -> dict:
+    """The run's arms for a dashboard's hyper-parameter table: HPARAM_KEYS, the data (its config group's
+    option, e.g. mackey_glass, else the datamodule's class), and every key
+    the job's overrides set (a sweep's grid), as scalars (lists and None become text; a group choice such
+    as data=timing stays the option's name)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    given = {}
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if not key.startswith("hydra."):
+            given[key] = value
+    data = (choices or {}).get("data") or OmegaConf.select(cfg, "data._target_", default=None)
+    out: dict[str, Any] = {"data": str(data).rsplit(".", 1)[-1]} if data else {}
+    for key in dict.fromkeys([*HPARAM_KEYS, *given]):
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, DictConfig) or (value is None and given.get(key)):
+            value = given[key]  # a group choice (data=timing), or a key the override removed
+        elif isinstance(value, Enum):
+            value = value.name
+        elif OmegaConf.is_config(value):
+            value = str(OmegaConf.to_container(value))
+        if not isinstance(value, (bool, int, float, str)):
+            value = "null" if value is None else str(value)
+        out[key] = value
+    return out
+
+
+class TensorBoardLogger(pl_loggers.TensorBoardLogger):
+    """Lightning's TensorBoardLogger as an offline dashboard for runs and sweeps.
+
+    - One event file for the whole run. Lightning finalizes the logger after fit, validate and test;
+      the stock logger closes its writer each time, so the next stage opens a new event file, and writers
+      that name their files to the second (tensorboardX) overwrote the earlier stages' scalars. Here
+      `finalize` only flushes; `close` ends the writer when the job ends.
+    - `log_summary` writes the HParams plugin's records: the run's arms (`run_hparams`) and its final
+      metrics (as in results.json, logged as `final/<metric>` scalars), so the HParams tab compares a
+      sweep's runs side by side.
+    - `log_image` adds a PNG file (the forecast plots) to the Images tab.
+    """
+
+    def finalize(self, status: str) -> None:
+        if self._experiment is not None:
+            self._experiment.flush()
+        if status == "success":
+            self.save()
+
+    def close(self) -> None:
+        if self._experiment is not None:
+            self._experiment.close()
+            self._experiment = None
+
+    @rank_zero_only
+    def log_summary(self, hparams: dict, metrics: dict, step: int = 0) -> None:
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        final = {f"final/{k}": float(v) for k, v in sorted(metrics.items()) if math.isfinite(float(v))}
+        for key, value in final.items():
+            self.experiment.add_scalar(key, value, step)
+        experiment, start, end = hparams_summary(hparams, final)
+        writer = self.experiment._get_file_writer()
+        for summary in (experiment, start, end):
+            writer.add_summary(summary)
+        writer.flush()
+
+    @rank_zero_only
+    def log_image(self, key: str, path: str | Path, step: int = 0) -> None:
+        import matplotlib.pyplot as plt
+        import numpy as np
+
+        pixels = plt.imread(str(path))  # PNG: float RGB(A) in [0, 1]
+        rgb = (np.clip(pixels[..., :3], 0.0, 1.0) * 255).round().astype(np.uint8)
+        self.experiment.add_image(key, rgb, step, dataformats="HWC")
+        self.experiment.flush()
+
+
+def close_loggers(loggers: Sequence[Logger]) -> None:
+    """End the writers that outlive Lightning's finalize (the TensorBoard event file)."""
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.close()

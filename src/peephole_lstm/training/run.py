@@ -22,7 +22,9 @@ from peephole_lstm.training import ddp
 from peephole_lstm.training.checkpointing import AtomicCheckpointIO, Resume, load_file, prepare_resume
 from peephole_lstm.training.checks import ConfigError, check_schema_keys, check_targets
 from peephole_lstm.training.errors import check_missing, instantiate
-from peephole_lstm.training.loggers import finish_wandb, wandb_info
+from peephole_lstm.training.loggers import (
+    TensorBoardLogger, close_loggers, finish_wandb, run_hparams, swept_overrides, wandb_info,
+)
 from peephole_lstm.training.module import SequenceModel, recurrent_network
 from peephole_lstm.training.schema import EvalConfig, TrainConfig
 from peephole_lstm.training.runinfo import (
@@ -33,6 +35,23 @@ from peephole_lstm.training.runinfo import (
 # (and write train.log), so under Hydra every Lightning message would be shown twice.
 if logging.getLogger().hasHandlers():
     logging.getLogger("lightning").handlers.clear()
+
+
+class _DropAdverts(logging.Filter):
+    """Lightning's "💡 Tip: try installing ..." adverts and its note that our model summary replaces its
+    default one: printed on every run, nothing to act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("💡 Tip:") or message.startswith("Trainer already configured with model summary"))
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdverts())
+# Warnings a user cannot act on, printed (some twice) on every run: Lightning's own use of a torch API that
+# torch deprecated, and its hint to use srun wherever a SLURM client is installed (SLURM jobs go through
+# hydra/launcher=slurm, which starts the ranks with srun itself).
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
 
 
 @dataclass
@@ -72,6 +91,8 @@ def _run_job(cfg: DictConfig, prepare: Callable[[DictConfig], Any], body: Callab
                           seed=cfg.seed, wandb=job.wandb)
         finish_wandb(failed=True)
         raise
+    finally:
+        close_loggers(job.loggers)
     if not child:
         write_results(run_dir, status="completed", error=None, metrics=job.metrics, seed=cfg.seed, wandb=job.wandb)
     finish_wandb(failed=False)
@@ -152,6 +173,14 @@ def _fit(cfg: DictConfig, job: _Job, prepared: _Prepared, resume: Optional[Resum
         job.metrics.update(_metrics(trainer, ("val/",)))
         trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)
         job.metrics.update(_metrics(trainer, ("test/",)))
+    _log_summary(cfg, job, trainer)
+
+
+def _log_summary(cfg: DictConfig, job: _Job, trainer: pl.Trainer) -> None:
+    """The run's arms and final metrics, for dashboards that compare runs (TensorBoard's HParams tab)."""
+    for logger in job.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_summary(run_hparams(cfg, swept_overrides(), _choices()), job.metrics, step=trainer.global_step)
 
 
 def _choices() -> dict:
@@ -237,6 +266,7 @@ def _evaluate(cfg: DictConfig, job: _Job, prepared: _Prepared) -> None:
     trainer = _trainer(cfg, job)
     trainer.test(prepared.model, datamodule=prepared.datamodule)
     job.metrics.update(_metrics(trainer, ("test/",)))
+    _log_summary(cfg, job, trainer)
 
 
 def evaluate(cfg: DictConfig) -> dict:
