@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 TASKS = ("forecast", "seq2seq", "classify", "lm")
+TIMING_KINDS = (None, "delay", "echo_spike", "spike_train")
 
 
 @dataclass
@@ -26,9 +27,16 @@ class TaskSpec:
     target_names: list[str] = field(default_factory=list)
     vocab: list[str] | None = None
     stateful: bool = False
+    # Timing tasks (data/timing.py) also score exact timing (training/metrics.py TimingAccuracy):
+    # "delay" (a delay read from the output: steps = output * delay_scale + delay_offset), "echo_spike" (one output
+    # spike after the last input spike) or "spike_train" (an output spike exactly at every target spike).
+    timing: str | None = None
+    delay_scale: float = 1.0
+    delay_offset: float = 0.0
 
     def __post_init__(self) -> None:
         check_choice("task", self.task, TASKS)
+        check_choice("timing", self.timing, TIMING_KINDS)
 
 
 class DataError(ValueError):

@@ -2,9 +2,14 @@
 recurrent networks", adapted to fixed-length sequences with a random onset:
 
 - ``msd`` (measuring spike delays): the input has two spikes ``d`` steps apart,
-  ``d`` in ``[delay_min, delay_max]``; the target is ``d / delay_max``.
-  ``msd_target="end"``: one value per sequence (task ``forecast``, horizon 1, read after the last step);
-  ``msd_target="per_step"``: 0 before the second spike, ``d / delay_max`` from it on (task ``seq2seq``).
+  ``d`` in ``[delay_min, delay_max]``, encoded as ``v = (d - delay_min + 1) / (delay_max - delay_min + 1)``
+  in (0, 1] (``d / delay_max`` when ``delay_min=1``; 0.5 vs 1 for the 49-vs-50 task, so that the two
+  classes differ by as much as the whole range does). Three target layouts (``msd_target``):
+  ``"end"``: ``v``, one value per sequence (task ``forecast``, horizon 1, read after the last
+  step); ``"per_step"``: 0 before the second spike, ``v`` from it on (task ``seq2seq``; the
+  paper reads the delay at the second spike); ``"spike"``: emit one spike ``d`` steps after the second
+  input spike, at ``t1 + 2d`` (task ``seq2seq``; the variant of a public re-implementation, see
+  docs/results.md). ``delay_min=49, delay_max=50`` is the paper's fine 49-vs-50 distinction.
 - ``gts`` (generating timed spikes): a start spike at ``t0`` in ``[0, start_max]``; the target is 1 at
   ``t0 + k * period`` for k >= 1 and 0 elsewhere (task ``seq2seq``).
 - ``pfg`` (periodic function generation): a start spike at ``t0``; the target is 0 before ``t0`` and a
@@ -23,7 +28,7 @@ from torch.utils.data import TensorDataset
 from peephole_lstm.data.base import SplitDataModule, TaskSpec, check_choice, check_int
 
 TIMING_TASKS = ("msd", "gts", "pfg")
-MSD_TARGETS = ("end", "per_step")
+MSD_TARGETS = ("end", "per_step", "spike")
 WAVEFORMS = ("sine", "triangle", "square")
 SPLITS = ("train", "val", "test")
 
@@ -76,6 +81,9 @@ class TimingDataModule(SplitDataModule):
                 raise ValueError(f"delay_min={delay_min} must be <= delay_max={delay_max}")
             if seq_len <= delay_max:
                 raise ValueError(f"seq_len={seq_len} must be > delay_max={delay_max} so both spikes fit")
+            if msd_target == "spike" and seq_len <= 2 * delay_max:
+                raise ValueError(f"seq_len={seq_len} must be > 2 * delay_max = {2 * delay_max} so that the "
+                                 "output spike at t1 + 2d fits (msd_target=spike)")
         elif seq_len <= start_max + period:
             raise ValueError(
                 f"seq_len={seq_len} must be > start_max + period = {start_max + period} "
@@ -90,12 +98,16 @@ class TimingDataModule(SplitDataModule):
         rows = np.arange(n)
         if self.task == "msd":
             d = rng.integers(self.delay_min, self.delay_max + 1, n)
-            t1 = rng.integers(0, T - d)  # second spike t1 + d <= T - 1
+            last = 2 * d if self.msd_target == "spike" else d  # the last event must fit: t1 + last <= T - 1
+            t1 = rng.integers(0, T - last)
             x[rows, t1, 0] = 1.0
             x[rows, t1 + d, 0] = 1.0
-            value = d / self.delay_max
+            value = (d - self.delay_min + 1) / self._delay_steps
             if self.msd_target == "end":
                 y = value[:, None, None]
+            elif self.msd_target == "spike":
+                y = np.zeros((n, T, 1))
+                y[rows, t1 + 2 * d, 0] = 1.0
             else:
                 after = np.arange(T)[None, :] >= (t1 + d)[:, None]
                 y = (after * value[:, None])[:, :, None]
@@ -122,12 +134,24 @@ class TimingDataModule(SplitDataModule):
     @property
     def spec(self) -> TaskSpec:
         self.setup()
+        if self.task == "msd" and self.msd_target == "spike":
+            return TaskSpec(task="seq2seq", input_size=1, output_size=1, target_names=["spike"], timing="echo_spike")
         if self.task == "msd":
             task = "forecast" if self.msd_target == "end" else "seq2seq"
-            return TaskSpec(task=task, input_size=1, output_size=1, horizon=1, target_names=["delay"])
-        name = "spike" if self.task == "gts" else self.waveform
-        return TaskSpec(task="seq2seq", input_size=1, output_size=1, target_names=[name])
+            return TaskSpec(task=task, input_size=1, output_size=1, horizon=1, target_names=["delay"],
+                            timing="delay", delay_scale=float(self._delay_steps),
+                            delay_offset=float(self.delay_min - 1))
+        if self.task == "gts":
+            return TaskSpec(task="seq2seq", input_size=1, output_size=1, target_names=["spike"], timing="spike_train")
+        return TaskSpec(task="seq2seq", input_size=1, output_size=1, target_names=[self.waveform])
 
     def inverse_transform(self, y: Tensor) -> Tensor:
-        """MSD: normalised delay -> delay in steps; GTS/PFG targets are already in their units."""
-        return y * self.delay_max if self.task == "msd" else y
+        """MSD: normalised delay -> delay in steps; spike and waveform targets are already in their units."""
+        if self.task == "msd" and self.msd_target != "spike":
+            return y * self._delay_steps + (self.delay_min - 1)
+        return y
+
+    @property
+    def _delay_steps(self) -> int:
+        """How many delays the MSD task draws from: the encoded target is (d - delay_min + 1) / this."""
+        return self.delay_max - self.delay_min + 1

@@ -63,3 +63,36 @@ class PredictionPlot(pl.Callback):
                 break
         pl_module.train(was_training)
         return torch.cat(truths)[:limit].float(), torch.cat(preds)[:limit].float()
+
+
+class MetricHistory(pl.Callback):
+    """Writes every epoch's logged metrics (val/*, train/*) to `path` (CSV, one row per epoch), so learning
+    curves and "epochs until val/solve_rate first reached 0.9" can be read from the run dir whatever the
+    logger. Rewritten atomically after each validation; a resumed run keeps the rows of the epochs before
+    the one it resumes at."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.rows: list[dict] = []
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.rows = []
+        if trainer.current_epoch > 0 and self.path.exists():  # resuming: keep the epochs already done
+            import pandas as pd
+
+            done = pd.read_csv(self.path)
+            self.rows = [r for r in done.to_dict("records") if r["epoch"] < trainer.current_epoch]
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or trainer.state.fn != "fit":
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
+        row = {"epoch": trainer.current_epoch, **metrics}
+        self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
+        columns = list(dict.fromkeys(k for r in self.rows for k in r))
+        lines = [",".join(columns)] + [",".join("" if r.get(c) is None else repr(r[c]) for c in columns)
+                                       for r in self.rows]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".csv.tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        tmp.replace(self.path)

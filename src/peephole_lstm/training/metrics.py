@@ -67,3 +67,90 @@ class BitsPerCharacter(Metric):
 
     def compute(self) -> Tensor:
         return (self.sum_nats / self.count / math.log(2.0)).float()
+
+
+# ----------------------------------------------------------------------------- exact timing
+def _last_spike(inputs: Tensor) -> Tensor:
+    """(B,) index of the last non-zero step of the first input channel (the second MSD spike)."""
+    steps = torch.arange(inputs.shape[1], device=inputs.device)
+    return torch.where(inputs[..., 0] != 0, steps, -1).max(dim=1).values
+
+
+def timing_scores(preds: Tensor, target: Tensor, inputs: Tensor, kind: str, delay_scale: float = 1.0,
+                  delay_offset: float = 0.0):
+    """Exact-timing scores of one batch: (solved (B,) bool, absolute timing errors in steps (N,)).
+
+    - ``delay`` (MSD): the delay is read from the output, steps = output * delay_scale + delay_offset: from a
+      forecast's single value, or per step at the second input spike (where the paper gives the target).
+      Solved: it rounds to the true delay. Error: |predicted - true delay| per sequence.
+    - ``echo_spike`` (MSD emitting a spike): the output's argmax after the last input spike. Solved: it is
+      the target spike's step. Error: |argmax - target step| per sequence.
+    - ``spike_train`` (GTS): solved: the output is above 0.5 at every target spike step and nowhere else.
+      Error: per target spike, |step of the output's maximum less than half a period from it - spike step|.
+    """
+    preds, target = preds.detach().float(), target.detach().float()
+    if kind == "delay":
+        if preds.shape[1] == 1:  # one value per sequence
+            p, y = preds[:, 0, 0], target[:, 0, 0]
+        else:
+            at = _last_spike(inputs).clamp_min(0)
+            rows = torch.arange(preds.shape[0], device=preds.device)
+            p, y = preds[rows, at, 0], target[rows, at, 0]
+        p, y = p * delay_scale + delay_offset, y * delay_scale + delay_offset
+        return torch.round(p) == torch.round(y), (p - y).abs()
+    if kind == "echo_spike":
+        steps = torch.arange(preds.shape[1], device=preds.device)
+        after = steps[None, :] > _last_spike(inputs)[:, None]
+        got = torch.where(after, preds[..., 0], float("-inf")).argmax(dim=1)
+        want = target[..., 0].argmax(dim=1)
+        return got == want, (got - want).abs().float()
+    if kind == "spike_train":
+        solved = ((preds[..., 0] > 0.5) == (target[..., 0] > 0.5)).all(dim=1)
+        errors = []
+        for p, y in zip(preds[..., 0], target[..., 0]):
+            spikes = (y > 0.5).nonzero().flatten()
+            # strictly less than half a period either side: a step half-way belongs to neither spike
+            radius = (int(torch.diff(spikes).min()) - 1) // 2 if len(spikes) > 1 else p.shape[0]
+            for t in spikes.tolist():
+                lo = max(0, t - radius)
+                window = p[lo:t + radius + 1] if radius else p[t:t + 1]
+                errors.append(abs(lo + int(window.argmax()) - t))
+        return solved, torch.tensor(errors, dtype=torch.float32, device=preds.device)
+    raise ValueError(f"timing kind {kind!r} is not valid; allowed values: 'delay', 'echo_spike', 'spike_train'")
+
+
+class _TimingMetric(Metric):
+    is_differentiable = False
+    full_state_update = False
+
+    def __init__(self, kind: str, delay_scale: float = 1.0, delay_offset: float = 0.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        timing_scores(torch.zeros(1, 2, 1), torch.zeros(1, 2, 1), torch.zeros(1, 2, 1), kind)  # validates kind
+        self.kind, self.delay_scale, self.delay_offset = kind, delay_scale, delay_offset
+        for name in ("solved", "sequences", "sum_error", "events"):
+            self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, preds: Tensor, target: Tensor, inputs: Tensor) -> None:
+        solved, errors = timing_scores(preds, target, inputs, self.kind, self.delay_scale, self.delay_offset)
+        self.solved += solved.sum()
+        self.sequences += solved.numel()
+        self.sum_error += errors.double().sum()
+        self.events += errors.numel()
+
+
+class SolveRate(_TimingMetric):
+    """Fraction of sequences whose timing is exactly right (see `timing_scores`). 1 is perfect."""
+
+    higher_is_better = True
+
+    def compute(self) -> Tensor:
+        return (self.solved / self.sequences).float()
+
+
+class TimingError(_TimingMetric):
+    """Mean absolute timing error in steps (see `timing_scores`). 0 is perfect."""
+
+    higher_is_better = False
+
+    def compute(self) -> Tensor:
+        return (self.sum_error / self.events).float()

@@ -19,7 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
 from peephole_lstm import PeepholeLSTM, variants
-from peephole_lstm.training.metrics import BitsPerCharacter, NormalizedRMSE
+from peephole_lstm.training.metrics import BitsPerCharacter, NormalizedRMSE, SolveRate, TimingError
 from peephole_lstm.training.schema import ModelConfig
 
 # PeepholeLSTM keyword arguments taken from the model config (arch=peephole only).
@@ -125,6 +125,14 @@ class SequenceModel(pl.LightningModule):
         self._carried: dict[str, Any] = {}
         self.run_config: dict | None = None  # the full resolved config, stored in checkpoints for eval.py
         self.metrics = nn.ModuleDict({stage: self._metrics() for stage in ("val", "test")})
+        # Timing tasks also score exact timing; these metrics read the inputs too (where the spikes are).
+        timing = spec.get("timing")
+        delay = (spec.get("delay_scale", 1.0), spec.get("delay_offset", 0.0))
+        self.timing = nn.ModuleDict({
+            stage: MetricCollection({"solve_rate": SolveRate(timing, *delay), "timing_error": TimingError(timing, *delay)},
+                                    compute_groups=False)
+            for stage in ("val", "test")
+        }) if timing else None
 
     def _metrics(self) -> MetricCollection:
         if self.task in ("forecast", "seq2seq"):
@@ -177,6 +185,10 @@ class SequenceModel(pl.LightningModule):
             metrics = self.metrics[stage]
             metrics.update(pred, y)
             self.log_dict({f"{stage}/{k}": m for k, m in metrics.items()}, on_epoch=True, batch_size=x.shape[0])
+            if self.timing is not None:
+                timing = self.timing[stage]
+                timing.update(pred, y, x)
+                self.log_dict({f"{stage}/{k}": m for k, m in timing.items()}, on_epoch=True, batch_size=x.shape[0])
         return loss, pred
 
     def training_step(self, batch, batch_idx):
