@@ -139,14 +139,17 @@ def compose_sweep_params(experiment: str) -> dict:
 @pytest.mark.parametrize(
     "experiment, grid",
     [
-        ("peephole_ablation", {"data": ["timing", "mackey_glass"], "model.peephole": ["none", "diagonal", "full"]}),
-        ("greff_variants", {"model.variant": list(variants)}),
-        ("gers_timing", {"data.task": ["msd", "gts", "pfg"], "model.peephole": ["none", "diagonal"]}),
+        ("peephole_ablation", {"data": ["gers_gts", "mackey_glass"], "model.peephole": ["none", "diagonal", "full"]}),
+        ("greff_variants", {"data": ["mackey_glass", "gers_gts"], "model.variant": list(variants)}),
+        ("gers_timing", {"data": ["gers_msd_echo", "gers_msd_fine", "gers_gts", "gers_pfg"],
+                         "model.peephole": ["none", "diagonal"]}),
+        ("gers_msd_external", {"model.peephole": ["none", "diagonal"]}),
     ],
 )
 def test_experiment_grids(experiment, grid):
     params, cfg = compose_sweep_params(experiment)
-    assert params.pop("seed") == ["0", "1", "2"]
+    assert params.pop("seed") == ["10", "11", "12", "13", "14"]  # 5 seeds, none of them used to pick recipes
     assert params == grid
     assert experiment in cfg.tags
+    assert cfg.hydra.mode.name == "MULTIRUN"  # `python train.py experiment=...` runs the whole grid
     assert len(grid.get("model.variant", [])) in (0, 9)  # vanilla + the 8 Greff et al. variants

@@ -68,7 +68,7 @@ class PredictionPlot(pl.Callback):
 class MetricHistory(pl.Callback):
     """Writes every epoch's logged metrics (val/*, train/*) to `path` (CSV, one row per epoch), so learning
     curves and "epochs until val/solve_rate first reached 0.9" can be read from the run dir whatever the
-    logger. Rewritten atomically after each validation; a resumed run keeps the rows of the epochs before
+    logger. Rewritten atomically after each epoch; a resumed run keeps the rows of the epochs before
     the one it resumes at."""
 
     def __init__(self, path: str) -> None:
@@ -83,8 +83,9 @@ class MetricHistory(pl.Callback):
             done = pd.read_csv(self.path)
             self.rows = [r for r in done.to_dict("records") if r["epoch"] < trainer.current_epoch]
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or trainer.state.fn != "fit":
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # After the epoch's validation, so one row holds this epoch's train and val metrics.
+        if not trainer.is_global_zero:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
         row = {"epoch": trainer.current_epoch, **metrics}
