@@ -24,6 +24,9 @@ DATA_CASES = {
                             "data.n_test=32"],
     "timing_gts": ["data=timing", "data.task=gts", "data.n_train=64", "data.n_val=32", "data.n_test=32"],
     "timing_pfg": ["data=timing", "data.task=pfg", "data.n_train=64", "data.n_val=32", "data.n_test=32"],
+    # the ready experiments' timing tasks (conf/data/gers_*.yaml)
+    **{name: [f"data={name}", "data.n_train=64", "data.n_val=32", "data.n_test=32"]
+       for name in ("gers_msd", "gers_msd_echo", "gers_msd_fine", "gers_gts", "gers_pfg")},
     "chars": ["data=chars", "data.max_chars=20000", "data.seq_len=32"],
     "chars_stateful": ["data=chars", "data.stateful=true", "data.max_chars=20000", "data.seq_len=32",
                        "data.batch_size=8"],
@@ -49,6 +52,8 @@ def test_fast_dev_run_per_datamodule_and_task(tmp_path, case):
     assert {"train/loss", "val/loss", "test/loss"} <= metrics
     (task,) = [t for t, names in TASK_METRICS.items() if names <= metrics]
     assert {m.replace("val/", "test/") for m in TASK_METRICS[task]} <= metrics
+    timing = case.startswith(("timing_msd", "timing_gts", "gers_msd", "gers_gts"))  # the tasks with exact timing
+    assert ({"val/solve_rate", "test/solve_rate", "test/timing_error"} <= metrics) == timing
     assert value == res["metrics"]["val/loss"]
     assert res["overrides"][:2] == ["logger=none", "debug=fdr"]
     plots = list(tmp_path.glob("plots/test_*.png"))  # prediction plots for regression tasks only
