@@ -140,7 +140,7 @@ def compose_sweep_params(experiment: str) -> dict:
     "experiment, grid",
     [
         ("peephole_ablation", {"data": ["gers_gts", "mackey_glass"], "model.peephole": ["none", "diagonal", "full"]}),
-        ("greff_variants", {"data": ["mackey_glass", "gers_gts"], "model.variant": list(variants)}),
+        ("greff_variants", {"data": ["mackey_glass", "gers_pfg"], "model.variant": list(variants)}),
         ("gers_timing", {"data": ["gers_msd_echo", "gers_msd_fine", "gers_gts", "gers_pfg"],
                          "model.peephole": ["none", "diagonal"]}),
         ("gers_msd_external", {"model.peephole": ["none", "diagonal"]}),
