@@ -47,33 +47,45 @@ def main(argv=None) -> int:
     p.add_argument("experiments", nargs="*", default=list(EXPERIMENTS), help=f"default: {' '.join(EXPERIMENTS)}")
     p.add_argument("--out", default="docs/results", help="report root (default: docs/results)")
     p.add_argument("--runs", default="multirun/results", help="where the sweeps write their run dirs")
+    p.add_argument("--report-only", action="store_true",
+                   help="only regenerate the reports from the sweeps already in --runs (keeps their run.json)")
     argv = sys.argv[1:] if argv is None else argv
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     args = p.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     unknown = [e for e in args.experiments if e not in EXPERIMENTS]
     if unknown:
         p.error(f"unknown experiment(s) {', '.join(unknown)}; choose from {', '.join(EXPERIMENTS)}")
+    failed = []
     for name in args.experiments:
         spec = EXPERIMENTS[name]
-        sweep_dir, out = Path(args.runs) / name, Path(args.out) / name
-        train = [sys.executable, "train.py", f"experiment={name}", f"hydra.sweep.dir={sweep_dir}",
-                 "extras.print_config=false", *extra]
-        load_before = os.getloadavg()
-        started = datetime.now(timezone.utc)
-        wall = run(train)
-        load_after = os.getloadavg()
+        sweep_dir, out = Path(args.runs) / name, ROOT / args.out / name
+        out.mkdir(parents=True, exist_ok=True)
+        if not args.report_only:
+            train = [sys.executable, "train.py", f"experiment={name}", f"hydra.sweep.dir={sweep_dir}",
+                     "extras.print_config=false", *extra]
+            load_before, started = os.getloadavg(), datetime.now(timezone.utc)
+            wall = run(train)
+            # Written before the report, so a report error never loses the measurement.
+            (out / "run.json").write_text(json.dumps({
+                "command": shlex.join(["python", "train.py", f"experiment={name}", *extra]),
+                "started_utc": started.isoformat(timespec="seconds"),
+                "wall_seconds": round(wall, 1),
+                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+                "load_average_1min_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+            }, indent=2) + "\n")
+            print(f"{name}: {wall / 60:.1f} min", flush=True)
         report = [sys.executable, "scripts/sweep_report.py", str(sweep_dir), "--out", str(out),
                   "--reference", spec["reference"], *[a for m in spec["metrics"] for a in ("--metric", m)]]
-        run(report)
-        (ROOT / out / "run.json").write_text(json.dumps({
-            "command": shlex.join(["python", "train.py", f"experiment={name}", *extra]),
-            "report_command": shlex.join(["python", *report[1:]]),
-            "started_utc": started.isoformat(timespec="seconds"),
-            "wall_seconds": round(wall, 1),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
-            "load_average_before_after": [round(x, 2) for x in (load_before[0], load_after[0])],
-        }, indent=2) + "\n")
-        print(f"{name}: {wall / 60:.1f} min; report in {out}/report.md", flush=True)
+        try:
+            run(report)
+        except subprocess.CalledProcessError as e:  # the next experiment still runs
+            print(f"{name}: the report failed ({e}); rerun with --report-only", file=sys.stderr, flush=True)
+            failed.append(name)
+            continue
+        print(f"{name}: report in {out.relative_to(ROOT)}/report.md", flush=True)
+    if failed:
+        print(f"reports failed for: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
