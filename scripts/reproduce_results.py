@@ -82,7 +82,7 @@ def main(argv=None) -> int:
             print(f"{name}: the report failed ({e}); rerun with --report-only", file=sys.stderr, flush=True)
             failed.append(name)
             continue
-        print(f"{name}: report in {out.relative_to(ROOT)}/report.md", flush=True)
+        print(f"{name}: report in {out / 'report.md'}", flush=True)
     if failed:
         print(f"reports failed for: {', '.join(failed)}", file=sys.stderr)
         return 1
