@@ -86,6 +86,30 @@ def test_resume_refuses_another_config_and_a_run_dir_without_checkpoint(tmp_path
     assert not (tmp_path / "fresh" / "checkpoints").exists()  # failed before training
 
 
+def test_resume_to_train_longer_continues_the_run_and_its_schedule(tmp_path, reference):
+    run = tmp_path / "longer"
+    shutil.copytree(reference, run)
+    before = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert before["epoch"] == 3 and before["lr_schedulers"][0]["T_max"] == 4
+    # trainer.max_epochs changes model.scheduler.T_max (${trainer.max_epochs}); that is not another run
+    RUN6 = [o if o != "trainer.max_epochs=4" else "trainer.max_epochs=6" for o in RUN]
+    proc = run_script("train.py", *RUN6, "ckpt_path=last", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    after = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert after["epoch"] == 5 and after["lr_schedulers"][0]["T_max"] == 6  # the new horizon
+    # the schedule is the one of a 6-epoch run: the 4-epoch cosine had reached 0, this one has not, and it
+    # ends where a 6-epoch run ends
+    (base,) = before["lr_schedulers"][0]["base_lrs"]
+    assert before["lr_schedulers"][0]["_last_lr"][0] == pytest.approx(0.0, abs=1e-12)
+    assert after["lr_schedulers"][0]["_last_lr"][0] == pytest.approx(0.0, abs=1e-12)  # cos(pi * 6 / 6)
+    assert after["optimizer_states"][0]["param_groups"][0]["initial_lr"] == pytest.approx(base)
+    # ... so epochs 4 and 5 trained (at lr 0 the weights would still be the checkpoint's)
+    moved = [k for k, v in after["state_dict"].items() if not torch.equal(v, before["state_dict"][k])]
+    assert "rnn.weight_hh_l0" in moved, moved
+    assert [int(r["epoch"]) for r in csv_rows(run) if r["train/loss"]] == [0, 1, 2, 3, 4, 5]
+    assert results(run)["status"] == "completed"
+
+
 def test_same_seed_and_config_give_identical_metrics_and_the_run_dir_records_provenance(tmp_path, reference):
     run = tmp_path / "run"
     proc = run_script("train.py", *RUN, f"hydra.run.dir={run}", cwd=tmp_path)

@@ -31,7 +31,7 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from peephole_lstm.training.checks import ConfigError
 
@@ -225,8 +225,18 @@ def _differences(old: Any, new: Any, key: str) -> list[str]:
     return [] if old == new else [f"{key}: {old!r} in the checkpoint, {new!r} now"]
 
 
-def check_same_run(run_config: dict, current: dict, path: Path) -> None:
-    """Fail when the resumed config would build another model/data/seed than the checkpoint's run."""
+def check_same_run(run_config: dict, current: dict, path: Path, cfg: Optional[DictConfig] = None) -> None:
+    """Fail when the resumed config would build another model/data/seed than the checkpoint's run.
+
+    Keys derived from the trainer's (model.scheduler.T_max: ${trainer.max_epochs}) are compared as they
+    resolve with the checkpoint's trainer settings, so training longer is not a different run.
+    """
+    if cfg is not None and isinstance(run_config.get("trainer"), dict):
+        probe = cfg.copy()
+        with open_dict(probe):
+            probe.trainer = run_config["trainer"]
+        current = {**current, **{k: v for k, v in OmegaConf.to_container(probe, resolve=True, enum_to_str=True).items()
+                                 if k in SAME_RUN_KEYS}}
     diffs = [d for key in SAME_RUN_KEYS for d in _differences(run_config.get(key), current.get(key), key)]
     if diffs:
         raise CheckpointError(
@@ -305,7 +315,7 @@ def prepare_resume(cfg: DictConfig, current_config: dict) -> Optional[Resume]:
     if path is None:
         return None
     checkpoint = load_training_checkpoint(path)
-    check_same_run(checkpoint["run_config"], current_config, path)
+    check_same_run(checkpoint["run_config"], current_config, path, cfg)
     with open_dict(cfg):
         cfg.ckpt_path = str(path.resolve())
     resume = Resume(path=path, epoch=int(checkpoint["epoch"]), epoch_log=checkpoint.get(EPOCH_LOG))

@@ -7,6 +7,7 @@ rebuilds it without running code from the checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from typing import Any
 
@@ -220,6 +221,27 @@ class SequenceModel(pl.LightningModule):
             checkpoint["run_config"] = self.run_config
 
     # ------------------------------------------------------------------ optimisation
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Training longer (`ckpt_path=last trainer.max_epochs=N`): the scheduler state in the checkpoint still
+        # holds the old horizon (CosineAnnealingLR's T_max follows trainer.max_epochs), and Lightning restores
+        # it after this hook. The horizon of this run's config goes into that state; for cosine annealing the
+        # learning rate also goes to what a run configured for N epochs has at this epoch (the closed form),
+        # since the old schedule may already have reached eta_min, from which its recursion never rises.
+        scheduler = self.cfg.get("scheduler") or {}
+        optimizers = checkpoint.get("optimizer_states") or []
+        for i, state in enumerate(checkpoint.get("lr_schedulers") or []):
+            changed = False
+            for key in ("T_max", "total_steps", "total_iters"):
+                if key in state and scheduler.get(key) is not None and state[key] != scheduler[key]:
+                    state[key], changed = scheduler[key], True
+            if changed and {"T_max", "eta_min", "base_lrs", "last_epoch"} <= state.keys():
+                progress = math.cos(math.pi * min(state["last_epoch"], state["T_max"]) / state["T_max"])
+                lrs = [state["eta_min"] + (base - state["eta_min"]) * (1 + progress) / 2 for base in state["base_lrs"]]
+                state["_last_lr"] = lrs
+                if i < len(optimizers):
+                    for group, lr in zip(optimizers[i]["param_groups"], lrs):
+                        group["lr"] = lr
+
     def configure_optimizers(self):
         optimizer = hydra.utils.instantiate(self.cfg["optimizer"])(params=self.parameters(), lr=self.cfg["lr"])
         if not self.cfg.get("scheduler"):
