@@ -9,6 +9,7 @@ import torch
 from torch.nn.utils.rnn import pack_sequence
 
 from peephole_lstm import PeepholeLSTM, PeepholeLSTMCell, variants
+from peephole_lstm.nn import InputError, OptionTypeError
 
 BAD_OPTIONS = [
     (dict(peephole="diagnol"), r"peephole='diagnol'.*'none', 'diagonal', 'full'"),
@@ -61,24 +62,94 @@ def test_sizes_are_validated():
         PeepholeLSTMCell(3, 2.5)
 
 
+@pytest.mark.parametrize("kwargs", [dict(bias=0), dict(batch_first=1), dict(hidden_size=4.0), dict(input_size="3"),
+                                    dict(peephole=None), dict(forget_bias="1")], ids=str)
+def test_option_of_wrong_type_is_a_type_error_as_in_nn_lstm(kwargs):
+    """nn.LSTM raises TypeError for these; OptionTypeError is one, and still the ValueError this library raised."""
+    args = {"input_size": 3, "hidden_size": 4, **kwargs}
+    with pytest.raises(OptionTypeError, match=f"{next(iter(kwargs))}=") as info:
+        PeepholeLSTM(**args)
+    assert isinstance(info.value, TypeError) and isinstance(info.value, ValueError)
+    if "batch_first" not in kwargs:
+        with pytest.raises(OptionTypeError):
+            PeepholeLSTMCell(**args)
+
+
+def test_option_of_wrong_value_stays_a_value_error():
+    with pytest.raises(ValueError) as info:
+        PeepholeLSTM(0, 4)
+    assert not isinstance(info.value, TypeError)
+
+
+def test_input_errors_are_runtime_errors_for_nn_lstm_callers():
+    """nn.LSTM raises RuntimeError for a wrong input or state; code written against it catches that."""
+    lstm, cell = PeepholeLSTM(3, 4), PeepholeLSTMCell(3, 4)
+    calls = [
+        lambda: lstm(torch.randn(5, 2, 7)),
+        lambda: lstm(torch.randn(5, 2, 3), (torch.zeros(1, 3, 4), torch.zeros(1, 3, 4))),
+        lambda: lstm(torch.randn(0, 2, 3)),
+        lambda: lstm(torch.randn(5, 2, 3, dtype=torch.float64)),
+        lambda: cell(torch.randn(2, 7)),
+        lambda: cell(torch.randn(2, 3), (torch.zeros(1, 4), torch.zeros(2, 4))),
+        lambda: cell(torch.randn(2, 3, dtype=torch.float64)),
+    ]
+    for call in calls:
+        with pytest.raises(RuntimeError) as info:
+            call()
+        assert isinstance(info.value, InputError) and isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(batch_first=True), dict(bidirectional=True)], ids=str)
+def test_zero_length_sequence_raises_like_nn_lstm(kwargs):
+    lstm = PeepholeLSTM(5, 6, **kwargs)
+    empty = torch.ones(10, 0, 5) if kwargs.get("batch_first") else torch.ones(0, 10, 5)
+    for x in (empty, torch.ones(0, 5)):
+        with pytest.raises(InputError, match="Expected sequence length to be larger than 0"):
+            lstm(x)
+
+
+def test_zero_batch_is_fine_as_in_nn_lstm():
+    """An empty batch (not an empty sequence) is valid for nn.LSTM: empty outputs, and backward runs."""
+    lstm = PeepholeLSTM(3, 4, num_layers=2, bidirectional=True)
+    x = torch.zeros(5, 0, 3, requires_grad=True)
+    out, (h, c) = lstm(x)
+    assert out.shape == (5, 0, 8) and h.shape == c.shape == (4, 0, 4)
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+def test_dtype_mismatch_names_both_dtypes_and_the_fix():
+    lstm, cell = PeepholeLSTM(3, 4), PeepholeLSTMCell(3, 4)
+    expected = re.escape("input dtype (torch.float64) does not match weight dtype (torch.float32). "
+                         "Convert input: input.to(torch.float32), or convert model: model.to(torch.float64)")
+    with pytest.raises(InputError, match=expected):
+        lstm(torch.randn(5, 2, 3, dtype=torch.float64))
+    with pytest.raises(InputError, match=expected):
+        lstm(pack_sequence([torch.randn(4, 3, dtype=torch.float64)]))
+    with pytest.raises(InputError, match=expected):
+        cell(torch.randn(2, 3, dtype=torch.float64))
+    with pytest.raises(InputError, match="floating-point"):
+        cell(torch.zeros(2, 3, dtype=torch.long))
+
+
 @pytest.mark.parametrize("kwargs", [dict(), dict(batch_first=True), dict(num_layers=2, bidirectional=True, proj_size=2)])
 def test_layer_input_and_state_shapes_are_checked(kwargs):
     lstm = PeepholeLSTM(3, 4, **kwargs)
     layout = "(batch, seq_len, 3)" if kwargs.get("batch_first") else "(seq_len, batch, 3)"
-    with pytest.raises(ValueError, match=re.escape(f"expected input of shape {layout}") + r".*got \[5, 2, 7\]"):
+    with pytest.raises(InputError, match=re.escape(f"expected input of shape {layout}") + r".*got \[5, 2, 7\]"):
         lstm(torch.randn(5, 2, 7))
-    with pytest.raises(ValueError, match=re.escape("(seq_len, 3)")):
+    with pytest.raises(InputError, match=re.escape("(seq_len, 3)")):
         lstm(torch.randn(5))
     n = 4 if kwargs.get("bidirectional") else 1
     out = kwargs.get("proj_size") or 4
     x = torch.randn(2, 5, 3) if kwargs.get("batch_first") else torch.randn(5, 2, 3)
     bad = (torch.zeros(n, 3, out), torch.zeros(n, 3, 4))
     expected = f"h_0 of shape ({n}, 2, {out}), c_0 of shape ({n}, 2, 4)"
-    with pytest.raises(ValueError, match=re.escape(expected)):
+    with pytest.raises(InputError, match=re.escape(expected)):
         lstm(x, bad)
-    with pytest.raises(ValueError, match=re.escape(expected)):
+    with pytest.raises(InputError, match=re.escape(expected)):
         lstm(x, (torch.zeros(n, 2, out), torch.zeros(n, 2, 5)))
-    with pytest.raises(TypeError, match="floating-point"):
+    with pytest.raises(InputError, match="floating-point"):
         lstm(torch.zeros(5, 2, 3, dtype=torch.long))
 
 
@@ -86,24 +157,24 @@ def test_unbatched_state_shape_is_checked_as_unbatched():
     """Unbatched input takes 2-D states, as in nn.LSTM; the message must say so, not show a batch axis."""
     lstm = PeepholeLSTM(3, 4, num_layers=2)
     expected = "h_0 of shape (2, 4), c_0 of shape (2, 4)"
-    with pytest.raises(ValueError, match=re.escape(expected) + r".*got \[2, 5\] and \[2, 4\]"):
+    with pytest.raises(InputError, match=re.escape(expected) + r".*got \[2, 5\] and \[2, 4\]"):
         lstm(torch.randn(5, 3), (torch.zeros(2, 5), torch.zeros(2, 4)))
-    with pytest.raises(ValueError, match=re.escape(expected) + r".*got \[2, 1, 4\] and \[2, 1, 4\]"):
+    with pytest.raises(InputError, match=re.escape(expected) + r".*got \[2, 1, 4\] and \[2, 1, 4\]"):
         lstm(torch.randn(5, 3), (torch.zeros(2, 1, 4), torch.zeros(2, 1, 4)))
 
 
 def test_packed_input_feature_size_is_checked():
     lstm = PeepholeLSTM(3, 4)
     packed = pack_sequence([torch.randn(4, 7), torch.randn(2, 7)])
-    with pytest.raises(ValueError, match=r"PackedSequence.*3 features.*got 7"):
+    with pytest.raises(InputError, match=r"PackedSequence.*3 features.*got 7"):
         lstm(packed)
 
 
 def test_cell_input_and_state_shapes_are_checked():
     cell = PeepholeLSTMCell(3, 4, proj_size=2)
-    with pytest.raises(ValueError, match=re.escape("expected input of shape (batch, 3) or (3,)")):
+    with pytest.raises(InputError, match=re.escape("expected input of shape (batch, 3) or (3,)")):
         cell(torch.randn(2, 5))
-    with pytest.raises(ValueError, match=re.escape("expected hx of shapes (2, 2) and (2, 4)")):
+    with pytest.raises(InputError, match=re.escape("expected hx of shapes (2, 2) and (2, 4)")):
         cell(torch.randn(2, 3), (torch.zeros(2, 4), torch.zeros(2, 4)))
 
 
@@ -111,9 +182,9 @@ def test_cell_input_and_state_shapes_are_checked():
 def test_cell_unbatched_state_shape_is_checked_as_unbatched():
     cell = PeepholeLSTMCell(3, 4, proj_size=2)
     expected = re.escape("unbatched input expects hx of shapes (2,) and (4,)")
-    with pytest.raises(ValueError, match=expected + r".*got \[5\] and \[4\]"):
+    with pytest.raises(InputError, match=expected + r".*got \[5\] and \[4\]"):
         cell(torch.randn(3), (torch.zeros(5), torch.zeros(4)))
-    with pytest.raises(ValueError, match=expected + r".*got \[1, 2\] and \[1, 4\]"):
+    with pytest.raises(InputError, match=expected + r".*got \[1, 2\] and \[1, 4\]"):
         cell(torch.randn(3), (torch.zeros(1, 2), torch.zeros(1, 4)))
     scripted = torch.jit.script(cell)
     with pytest.raises(Exception, match=expected):

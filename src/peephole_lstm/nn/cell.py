@@ -7,21 +7,26 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from peephole_lstm.nn.errors import InputError
 from peephole_lstm.nn.functional import input_projection, layout, lstm_step
 from peephole_lstm.nn.options import CellOptions
 
 # Order in which the step function takes the recurrent weights (after input_projection's ones).
 STEP_WEIGHTS = ("weight_hh", "weight_ch", "weight_gh", "weight_hr", "ln_hh_weight", "ln_hh_bias", "ln_c_weight", "ln_c_bias")
 INPUT_WEIGHTS = ("weight_ih", "bias_ih", "bias_hh", "ln_ih_weight", "ln_ih_bias")
+# Registration order (make_parameters'): nn.LSTM's names first, in nn.LSTM's order, then this library's.
+PARAMETER_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr", "weight_ch", "weight_gh",
+                   "ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "ln_hh_bias", "ln_c_weight", "ln_c_bias")
 
 
-def make_parameters(opts: CellOptions) -> Dict[str, Optional[nn.Parameter]]:
-    """Uninitialised parameters of one cell, named and shaped like nn.LSTM's (None where absent)."""
+def make_parameters(opts: CellOptions, device=None, dtype=None) -> Dict[str, Optional[nn.Parameter]]:
+    """Uninitialised parameters of one cell, named and shaped like nn.LSTM's (None where absent), on
+    `device` and of `dtype` (nn.LSTM's factory kwargs; None: torch's defaults)."""
     hidden, gh = opts.hidden_size, len(opts.blocks) * opts.hidden_size
     n_gates, n_peep = len(opts.gate_names), len(opts.peephole_rows)
 
     def new(*shape):
-        return nn.Parameter(torch.empty(*shape))
+        return nn.Parameter(torch.empty(*shape, device=device, dtype=dtype))
 
     full = opts.peephole == "full"
     return {
@@ -43,8 +48,11 @@ def make_parameters(opts: CellOptions) -> Dict[str, Optional[nn.Parameter]]:
 
 @torch.no_grad()
 def reset_parameters(params: Dict[str, Optional[Tensor]], opts: CellOptions) -> None:
-    """nn.LSTM's init, U(-1/sqrt(H), 1/sqrt(H)), for every weight; layer-norm gains 1 and shifts 0; and
-    `forget_bias` added to the forget block of bias_ih (TF's and Jozefowicz et al.'s advice)."""
+    """nn.LSTM's init, U(-1/sqrt(H), 1/sqrt(H)), for every weight, drawn in the order of `params`; layer-norm
+    gains 1 and shifts 0 (no draw); then `forget_bias` added to the forget block of bias_ih (TF's and
+    Jozefowicz et al.'s advice). Callers pass the parameters in registration order, which for the names
+    nn.LSTM has is nn.LSTM's order: with the same seed, peephole="none" and forget_bias=0 give exactly
+    nn.LSTM's (nn.LSTMCell's) initial weights."""
     bound = 1.0 / math.sqrt(opts.hidden_size)
     for name, p in params.items():
         if p is None:
@@ -57,6 +65,17 @@ def reset_parameters(params: Dict[str, Optional[Tensor]], opts: CellOptions) -> 
     if params["bias_ih"] is not None and f >= 0 and opts.forget_bias:
         h = opts.hidden_size
         params["bias_ih"][f * h:(f + 1) * h] += opts.forget_bias
+
+
+def _check_dtype(module: str, x: Tensor, weight: Tensor) -> None:
+    """nn.LSTM's dtype check (skipped under autocast, which casts per op): without it a float64 input
+    to float32 weights fails deep inside a matmul with a message that names neither."""
+    if not x.is_floating_point():
+        raise InputError(f"{module}: expected a floating-point input of dtype {weight.dtype} (the weights' dtype), "
+                         f"got {x.dtype}; convert it: input.to({weight.dtype})")
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise InputError(f"{module}: input dtype ({x.dtype}) does not match weight dtype ({weight.dtype}). "
+                         f"Convert input: input.to({weight.dtype}), or convert model: model.to({x.dtype})")
 
 
 def step_flags(opts: CellOptions, training: bool) -> tuple:
@@ -84,12 +103,12 @@ class PeepholeLSTMCell(nn.Module):
     step such a cell with :meth:`step`, which carries them.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, **options):
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, **options):
         super().__init__()
         self.options = CellOptions(input_size, hidden_size, bias, **options)
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
         self.gate_recurrence = self.options.gate_recurrence
-        for name, p in make_parameters(self.options).items():
+        for name, p in make_parameters(self.options, device, dtype).items():
             self.register_parameter(name, p)
         self._idx: List[int] = layout(self.options.blocks, self.options.peephole_rows)
         _, peep_full, peep_current, coupled, act_in, act_out, clip, zoneout, _ = step_flags(self.options, False)
@@ -107,6 +126,10 @@ class PeepholeLSTMCell(nn.Module):
         o = self.options
         return (f"{o.input_size}, {o.hidden_size}, peephole={o.peephole!r}, blocks={o.blocks!r}"
                 + (f", proj_size={o.proj_size}" if o.proj_size else ""))
+
+    @torch.jit.unused
+    def _check_dtype(self, input: Tensor) -> None:
+        _check_dtype("PeepholeLSTMCell", input, self.weight_ih)
 
     @torch.jit.export
     def step(self, input: Tensor, h: Tensor, c: Tensor, gates: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
@@ -128,10 +151,12 @@ class PeepholeLSTMCell(nn.Module):
                 "use cell.step(input, h, c, gates) or PeepholeLSTM"
             )
         if input.dim() not in (1, 2) or input.shape[-1] != self.input_size:
-            raise ValueError(
+            raise InputError(
                 f"PeepholeLSTMCell: expected input of shape (batch, {self.input_size}) or ({self.input_size},), "
                 f"got {list(input.shape)}"
             )
+        if not torch.jit.is_scripting():  # scripted, a wrong dtype fails in the first matmul instead
+            self._check_dtype(input)
         batched = input.dim() == 2
         x = input if batched else input.unsqueeze(0)
         hidden = self.weight_hh.shape[1]
@@ -143,13 +168,13 @@ class PeepholeLSTMCell(nn.Module):
             if not batched:
                 # Checked before adding the batch axis, so the message shows the 1-D shapes the caller passes.
                 if h.shape != (hidden,) or c.shape != (self.hidden_size,):
-                    raise ValueError(
+                    raise InputError(
                         f"PeepholeLSTMCell: unbatched input expects hx of shapes ({hidden},) and "
                         f"({self.hidden_size},), got {list(h.shape)} and {list(c.shape)}"
                     )
                 h, c = h.unsqueeze(0), c.unsqueeze(0)
             if h.shape != (x.shape[0], hidden) or c.shape != (x.shape[0], self.hidden_size):
-                raise ValueError(
+                raise InputError(
                     f"PeepholeLSTMCell: expected hx of shapes ({x.shape[0]}, {hidden}) and "
                     f"({x.shape[0]}, {self.hidden_size}), got {list(h.shape)} and {list(c.shape)}"
                 )

@@ -68,9 +68,11 @@ def unsupported(opts: CellOptions, training: bool) -> Optional[str]:
     return None
 
 
-def kernel_name(device: torch.device) -> str:
-    """Which implementation of the fused algorithm runs for tensors on `device`."""
-    if device.type == "cpu" and _use_extension and _fused_cpu is not None:
+def kernel_name(device: torch.device, dtype: Optional[torch.dtype] = None) -> str:
+    """Which implementation of the fused algorithm runs for tensors on `device` of `dtype`. The C++
+    kernel covers float32, float64 and bfloat16; float16 on CPU (rare: CPUs have no fast float16
+    arithmetic) runs the PyTorch twin, whose per-op float16 rounding is what nn.LSTM's CPU path does."""
+    if device.type == "cpu" and _use_extension and _fused_cpu is not None and dtype != torch.float16:
         return "fused-cpp"
     return "fused-torch"
 
@@ -111,7 +113,7 @@ class _Sequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xz, h0, c0, w_hh, w_ch, w_hr, lengths, opts):
         idx, flags, clip, zoneout = _config(opts)
-        use_cpp = kernel_name(xz.device) == "fused-cpp"
+        use_cpp = kernel_name(xz.device, xz.dtype) == "fused-cpp"
         run = _fused_cpu.forward if use_cpp else _forward_torch
         out, hs, cs, acts, cn, rs = run(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout)
         ctx.opts, ctx.use_cpp = opts, use_cpp

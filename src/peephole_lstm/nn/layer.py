@@ -3,16 +3,19 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from peephole_lstm.nn.cell import INPUT_WEIGHTS, STEP_WEIGHTS, make_parameters, reset_parameters, step_flags
+from peephole_lstm.nn.cell import (
+    INPUT_WEIGHTS, PARAMETER_NAMES, STEP_WEIGHTS, _check_dtype, make_parameters, reset_parameters, step_flags,
+)
 from peephole_lstm.nn.functional import input_projection, lstm_sequence, lstm_step, reverse_padded
 from peephole_lstm.nn import fused
+from peephole_lstm.nn.errors import InputError
 from peephole_lstm.nn.options import BACKENDS, CellOptions, _choice, _flag, _size
 
 
@@ -62,6 +65,8 @@ class PeepholeLSTM(nn.Module):
         layer_norm: bool = False,
         zoneout: float = 0.0,
         backend: str = "auto",
+        device=None,
+        dtype=None,
     ):
         super().__init__()
         _size("num_layers", num_layers, 1)
@@ -94,10 +99,17 @@ class PeepholeLSTM(nn.Module):
             for _ in range(num_layers - 1)
         ]
         # Registered in nn.LSTM's order (layer, direction, then ih, hh, biases, hr) so state_dicts line up.
+        # nn.LSTM's _all_weights / _flat_weights_names list them by name, per (layer, direction) and flat.
+        self._all_weights: List[List[str]] = []
         for layer, opts in enumerate(self.options):
             for direction in range(self.num_directions):
-                for name, p in make_parameters(opts).items():
+                names = []
+                for name, p in make_parameters(opts, device, dtype).items():
                     self.register_parameter(self._name(name, layer, direction), p)
+                    if p is not None:
+                        names.append(self._name(name, layer, direction))
+                self._all_weights.append(names)
+        self._flat_weights_names: List[str] = [n for names in self._all_weights for n in names]
         self.reset_parameters()
 
     @staticmethod
@@ -108,10 +120,25 @@ class PeepholeLSTM(nn.Module):
         return tuple(getattr(self, self._name(n, layer, direction)) for n in names)
 
     def reset_parameters(self) -> None:
+        # Layer by layer and direction by direction, each in registration order: nn.LSTM's draw order.
         for layer, opts in enumerate(self.options):
             for direction in range(self.num_directions):
-                names = INPUT_WEIGHTS + STEP_WEIGHTS
-                reset_parameters(dict(zip(names, self._weights(names, layer, direction))), opts)
+                params = {n: self._parameters.get(self._name(n, layer, direction)) for n in PARAMETER_NAMES}
+                reset_parameters(params, opts)
+
+    @property
+    def _flat_weights(self) -> List[Optional[Tensor]]:
+        """nn.LSTM's flat list of the weights, by `_flat_weights_names`. Read on every access, so it follows
+        what replaces a Parameter by a computed tensor (torch.nn.utils.weight_norm, parametrizations) or
+        moves it (.to()), which nn.LSTM has to track by hand."""
+        return [getattr(self, n) if hasattr(self, n) else None for n in self._flat_weights_names]
+
+    @property
+    def all_weights(self) -> List[List[Tensor]]:
+        """The weights per layer and direction (layer 0, layer 0 reverse, layer 1, ...), each list in the
+        order of the parameters: nn.LSTM's ``all_weights``, plus ``weight_ch``/``weight_gh``/``ln_*`` where
+        the options create them."""
+        return [[getattr(self, n) for n in names] for names in self._all_weights]
 
     def flatten_parameters(self) -> None:
         """No-op kept for nn.LSTM compatibility (cuDNN's weight flattening does not apply here)."""
@@ -135,12 +162,17 @@ class PeepholeLSTM(nn.Module):
     def _check_input(self, x: Tensor) -> None:
         if x.dim() not in (2, 3) or x.shape[-1] != self.input_size:
             layout = "(batch, seq_len, {0})" if self.batch_first else "(seq_len, batch, {0})"
-            raise ValueError(
+            raise InputError(
                 f"PeepholeLSTM: expected input of shape {layout.format(self.input_size)} or unbatched "
                 f"(seq_len, {self.input_size}), got {list(x.shape)}"
             )
-        if not x.is_floating_point():
-            raise TypeError(f"PeepholeLSTM: expected a floating-point input, got {x.dtype}")
+        _check_dtype("PeepholeLSTM", x, self.weight_ih_l0)
+        if x.shape[1 if x.dim() == 3 and self.batch_first else 0] == 0:
+            # nn.LSTM's message, so code that matches it keeps working; an empty sequence has no h_n.
+            raise InputError(
+                f"PeepholeLSTM: Expected sequence length to be larger than 0 in RNN, got an input of shape "
+                f"{list(x.shape)} ({'batch, seq_len' if x.dim() == 3 and self.batch_first else 'seq_len'} first)"
+            )
 
     def _initial_state(self, x: Tensor, hx, batched: bool) -> Tuple[Tensor, Tensor]:
         n, batch = self.num_layers * self.num_directions, x.shape[1]
@@ -152,19 +184,19 @@ class PeepholeLSTM(nn.Module):
         if not batched:
             # Checked before adding the batch axis, so the message shows the 2-D shapes the caller passes.
             if tuple(h0.shape) != (n, out_size) or tuple(c0.shape) != (n, self.hidden_size):
-                raise ValueError(
+                raise InputError(
                     f"PeepholeLSTM: unbatched input expects hx = (h_0 of shape ({n}, {out_size}), c_0 of shape "
                     f"({n}, {self.hidden_size})), got {list(h0.shape)} and {list(c0.shape)}"
                 )
             h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
         if tuple(h0.shape) != (n, batch, out_size) or tuple(c0.shape) != (n, batch, self.hidden_size):
-            raise ValueError(
+            raise InputError(
                 f"PeepholeLSTM: expected hx = (h_0 of shape ({n}, {batch}, {out_size}), c_0 of shape "
                 f"({n}, {batch}, {self.hidden_size})), got {list(h0.shape)} and {list(c0.shape)}"
             )
         return h0, c0
 
-    def _path(self, opts: CellOptions, device: torch.device) -> str:
+    def _path(self, opts: CellOptions, device: torch.device, dtype: Optional[torch.dtype] = None) -> str:
         """Which implementation runs a layer: "fused-cpp" / "fused-torch" (see nn/fused.py), "eager",
         "script" or "compile", with the reason in parentheses when the fused path was not taken."""
         if self.backend not in ("auto", "fused"):
@@ -174,7 +206,7 @@ class PeepholeLSTM(nn.Module):
             return "eager (tracing)"
         reason = fused.unsupported(opts, self.training)
         if reason is None:
-            return fused.kernel_name(device)
+            return fused.kernel_name(device, dtype)
         if self.backend == "fused" and reason not in self._warned:
             self._warned.add(reason)
             warnings.warn(f"PeepholeLSTM(backend='fused'): {reason} is not supported by the fused kernel; "
@@ -186,10 +218,11 @@ class PeepholeLSTM(nn.Module):
         if isinstance(input, PackedSequence):
             packed = input
             if packed.data.shape[-1] != self.input_size:
-                raise ValueError(
+                raise InputError(
                     f"PeepholeLSTM: expected a PackedSequence of {self.input_size} features per step "
                     f"(data of shape (total_steps, {self.input_size})), got {packed.data.shape[-1]}"
                 )
+            _check_dtype("PeepholeLSTM", packed.data, self.weight_ih_l0)
             x, lengths = pad_packed_sequence(packed)  # original batch order, as hx is given
             batched = True
         else:
@@ -204,7 +237,7 @@ class PeepholeLSTM(nn.Module):
 
         h_n, c_n, paths = [], [], []
         for layer, opts in enumerate(self.options):
-            path = self._path(opts, x.device)
+            path = self._path(opts, x.device, x.dtype)
             paths.append(path)
             step = _step_function("eager" if path.startswith(("fused", "eager")) else path)
             flags = step_flags(opts, self.training)

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from peephole_lstm.nn.errors import OptionTypeError
+
 PEEPHOLES = ("none", "diagonal", "full")
 OUTPUT_PEEPHOLES = ("current", "previous")
 ACTIVATIONS = ("tanh", "identity")
@@ -42,18 +44,21 @@ variants: dict[str, dict] = {
 
 def _choice(name: str, value, allowed) -> str:
     if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"{name}={value!r} is not valid; allowed values: {', '.join(map(repr, allowed))}")
+        error = ValueError if isinstance(value, str) else OptionTypeError
+        raise error(f"{name}={value!r} is not valid; allowed values: {', '.join(map(repr, allowed))}")
     return value
 
 
 def _flag(name: str, value) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"{name}={value!r} must be a bool (True or False)")
+        raise OptionTypeError(f"{name}={value!r} must be a bool (True or False)")
     return value
 
 
 def _size(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise OptionTypeError(f"{name}={value!r} must be an int >= {minimum}")
+    if value < minimum:
         raise ValueError(f"{name}={value!r} must be an int >= {minimum}")
     return value
 
@@ -107,7 +112,7 @@ class CellOptions:
         if self.gate_recurrence and not self.gate_names:
             raise ValueError("gate_recurrence=True needs at least one of the input, forget or output gates")
         if isinstance(self.forget_bias, bool) or not isinstance(self.forget_bias, (int, float)):
-            raise ValueError(f"forget_bias={self.forget_bias!r} must be a number")
+            raise OptionTypeError(f"forget_bias={self.forget_bias!r} must be a number")
         if self.cell_clip is not None and (
             isinstance(self.cell_clip, bool) or not isinstance(self.cell_clip, (int, float)) or not self.cell_clip > 0
         ):
