@@ -94,13 +94,69 @@ def step_flags(opts: CellOptions, training: bool) -> tuple:
 
 
 class PeepholeLSTMCell(nn.Module):
-    """A peephole LSTM cell with nn.LSTMCell's contract: ``forward(input, hx=None) -> (h, c)``.
+    r"""PeepholeLSTMCell(input_size, hidden_size, bias=True, device=None, dtype=None, **options)
 
-    Takes every option of :class:`~peephole_lstm.PeepholeLSTM` that concerns one cell. Parameters are
-    named like nn.LSTMCell's (``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``) plus ``weight_ch``
-    (peepholes), ``weight_hr`` (projection), ``weight_gh`` (full gate recurrence) and ``ln_*``
-    (layer norm). With ``gate_recurrence=True`` the state also holds the previous gate activations, so
-    step such a cell with :meth:`step`, which carries them.
+    One step of a peephole LSTM, with :class:`torch.nn.LSTMCell`'s contract: ``forward(input, hx=None)
+    -> (h_1, c_1)``. Takes every option of :class:`~peephole_lstm.PeepholeLSTM` that concerns one cell
+    (``proj_size``, ``peephole``, ``peephole_gates``, ``output_peephole``, ``coupled``, ``input_gate``,
+    ``forget_gate``, ``output_gate``, ``input_activation``, ``output_activation``, ``gate_recurrence``,
+    ``forget_bias``, ``cell_clip``, ``layer_norm``, ``zoneout``) and computes its equations (see
+    ``help(PeepholeLSTM)``). With ``peephole="none"`` and the defaults it is exactly nn.LSTMCell and
+    loads its state_dict.
+
+    Args:
+        input_size: The number of expected features in the input `x`
+        hidden_size: The number of features in the cell state `c`
+        bias: If ``False``, the cell has no ``bias_ih`` / ``bias_hh``. Default: ``True``
+        device, dtype: Where and of what dtype the parameters are created (``"meta"`` included), as
+            nn.LSTMCell's factory kwargs
+        **options: the cell options of PeepholeLSTM; ``peephole`` defaults to ``"diagonal"`` and
+            ``forget_bias`` to 1.0 (``forget_bias=0`` for nn.LSTMCell's initial weights)
+
+    Inputs: input, (h_0, c_0)
+        * **input**: tensor of shape `(batch, input_size)` or `(input_size)`
+        * **h_0**: tensor of shape `(batch, H_out)` or `(H_out)`, H_out = proj_size or hidden_size
+        * **c_0**: tensor of shape `(batch, hidden_size)` or `(hidden_size)`
+
+        If `(h_0, c_0)` is not given, both default to zero.
+
+    Outputs: (h_1, c_1)
+        * **h_1**: tensor of shape `(batch, H_out)` or `(H_out)`: the next hidden state
+        * **c_1**: tensor of shape `(batch, hidden_size)` or `(hidden_size)`: the next cell state
+
+    Attributes:
+        weight_ih: `(G*hidden_size, input_size)`, the gate blocks in nn.LSTMCell's order i|f|g|o
+            (without those of absent gates; G = 4 with all gates)
+        weight_hh: `(G*hidden_size, H_out)`
+        bias_ih, bias_hh: `(G*hidden_size)`; only with ``bias=True``
+        weight_hr: `(proj_size, hidden_size)`; only with ``proj_size > 0``
+        weight_ch: peepholes, one row per peeping gate (i, f, o): `(P, hidden_size)` diagonal or
+            `(P, hidden_size, hidden_size)` full
+        weight_gh: `(n_gates*hidden_size, n_gates*hidden_size)`; only with ``gate_recurrence=True``
+        ln_*: layer-norm gains and shifts; only with ``layer_norm=True``
+
+    .. note::
+        With ``gate_recurrence=True`` the state also holds the previous gate activations: step such a
+        cell with :meth:`step`, ``cell.step(x, h, c, gates) -> (h, c, gates)`` (batched input;
+        ``gates`` of shape `(batch, n_gates*hidden_size)`, zeros at the start).
+
+    .. note::
+        Weights are drawn from U(-sqrt(k), sqrt(k)), k = 1 / hidden_size, in nn.LSTMCell's order; then
+        ``forget_bias`` is added to the forget block of ``bias_ih``. The cell is scriptable
+        (``torch.jit.script``). A wrong input or state raises :class:`~peephole_lstm.nn.InputError`,
+        a RuntimeError (as nn.LSTMCell) and a ValueError.
+
+    Examples::
+
+        >>> cell = PeepholeLSTMCell(10, 20, peephole="full")
+        >>> input = torch.randn(2, 3, 10)  # (time_steps, batch, input_size)
+        >>> hx, cx = torch.zeros(3, 20), torch.zeros(3, 20)
+        >>> output = []
+        >>> for i in range(input.size()[0]):
+        ...     hx, cx = cell(input[i], (hx, cx))
+        ...     output.append(hx)
+        >>> torch.stack(output, dim=0).shape
+        torch.Size([2, 3, 20])
     """
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, **options):
@@ -155,8 +211,6 @@ class PeepholeLSTMCell(nn.Module):
                 f"PeepholeLSTMCell: expected input of shape (batch, {self.input_size}) or ({self.input_size},), "
                 f"got {list(input.shape)}"
             )
-        if not torch.jit.is_scripting():  # scripted, a wrong dtype fails in the first matmul instead
-            self._check_dtype(input)
         batched = input.dim() == 2
         x = input if batched else input.unsqueeze(0)
         hidden = self.weight_hh.shape[1]
@@ -178,6 +232,8 @@ class PeepholeLSTMCell(nn.Module):
                     f"PeepholeLSTMCell: expected hx of shapes ({x.shape[0]}, {hidden}) and "
                     f"({x.shape[0]}, {self.hidden_size}), got {list(h.shape)} and {list(c.shape)}"
                 )
+        if not torch.jit.is_scripting():  # shapes first, as nn.LSTMCell; scripted, a wrong dtype fails in a matmul
+            self._check_dtype(input)
         h, c, _ = self.step(x, h, c, x.new_zeros(x.shape[0], 0))
         if not batched:
             h, c = h.squeeze(0), c.squeeze(0)

@@ -127,7 +127,10 @@ class _Sequence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, grad_hn, grad_cn):
         hs, cs, acts, cn, rs, w_hh, w_ch, w_hr, lengths, xz, h0, c0 = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward is wanted
+        # create_graph=True wants a differentiable backward; batched gradients (vmap over the backward:
+        # gradcheck's batched check, jacobian(vectorize=True)) need plain ops, as the C++ kernel reads raw
+        # memory and the twin writes batched rows into an unbatched buffer.
+        if torch.is_grad_enabled() or _batched(grad_out, grad_hn, grad_cn):
             return _differentiable_backward(ctx, (xz, h0, c0, w_hh, w_ch, w_hr), lengths, grad_out, grad_hn, grad_cn)
         idx, flags, clip, zoneout = _config(ctx.opts)
         run = _fused_cpu.backward if ctx.use_cpp else _backward_torch
@@ -135,6 +138,17 @@ class _Sequence(torch.autograd.Function):
             grad_out, grad_hn, grad_cn, hs, cs, acts, cn, rs, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout
         )
         return dxz, dh0, dc0, dw_hh, dw_ch, dw_hr, None, None
+
+
+def _batched(*grads) -> bool:
+    ft = torch._C._functorch  # torch.func's vmap, and the legacy vmap that autograd's is_grads_batched uses
+    return any(g is not None and (ft.is_batchedtensor(g) or ft.is_legacy_batchedtensor(g)) for g in grads)
+
+
+def under_functorch() -> bool:
+    """Whether a torch.func transform (grad, vjp, jacrev, vmap, ...) is tracing: its wrapped tensors
+    cannot enter the kernels, and the Function has no functorch rules; the eager ops have."""
+    return torch._C._functorch.peek_interpreter_stack() is not None
 
 
 def _differentiable_backward(ctx, inputs, lengths, grad_out, grad_hn, grad_cn):

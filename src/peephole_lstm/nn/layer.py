@@ -32,12 +32,121 @@ def _step_function(backend: str):
 
 
 class PeepholeLSTM(nn.Module):
-    """Drop-in replacement for :class:`torch.nn.LSTM` with peephole connections and the LSTM variants of
-    Greff et al. (2017). ``forward(input, hx=None) -> (output, (h_n, c_n))`` accepts the same inputs
-    as nn.LSTM: (T, B, F), (B, T, F) with ``batch_first``, unbatched (T, F), or a PackedSequence.
+    r"""PeepholeLSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0, bidirectional=False, proj_size=0, peephole="diagonal", ..., device=None, dtype=None)
 
-    With ``peephole="none"`` and default options it computes exactly nn.LSTM, and loads its state_dict
-    with ``strict=False``. See docs/reference.md for every option and the equations.
+    A multi-layer, optionally bidirectional LSTM with peephole connections (Gers et al. 2002) and the LSTM
+    variants of Greff et al. 2017, with :class:`torch.nn.LSTM`'s arguments, inputs, outputs and
+    parameter names. With ``peephole="none"`` and the other options at their defaults it computes exactly
+    what nn.LSTM computes, and loads an nn.LSTM state_dict (``strict=False``). The differences from
+    nn.LSTM are listed in docs/reference.md, "Differences from nn.LSTM".
+
+    For each element of the input sequence each layer computes (sigma: logistic sigmoid, ``*``:
+    elementwise; the terms in brackets only with the option named on the right)::
+
+        z_t = W_ih x_t + b_ih + W_hh h_{t-1} + b_hh        [LN_ih(W_ih x_t) + LN_hh(W_hh h_{t-1}) + b: layer_norm]
+        i_t = sigma(z_i + peep_i(c_{t-1}) [+ R_i a_{t-1}])  1 - f_t if coupled; 1 if input_gate=False
+        f_t = sigma(z_f + peep_f(c_{t-1}) [+ R_f a_{t-1}])  1 if forget_gate=False
+        g_t = act_in(z_g)                                   tanh, or identity (input_activation)
+        c_t = f_t * c_{t-1} + i_t * g_t                     [LN_c(.): layer_norm] [clamped: cell_clip]
+        o_t = sigma(z_o + peep_o(c_t) [+ R_o a_{t-1}])      c_{t-1} if output_peephole="previous"; 1 if output_gate=False
+        h_t = o_t * act_out(c_t)                            [W_hr h_t: proj_size > 0]
+
+    where z_i, z_f, z_g, z_o are the blocks of z_t in nn.LSTM's order, peep(c) = p * c for
+    ``peephole="diagonal"`` (a vector p per gate), P c for ``"full"`` (a matrix P per gate) and 0 for
+    ``"none"`` or a gate not in ``peephole_gates``, and a_{t-1} = [i, f, o]_{t-1} (``gate_recurrence``).
+    With ``zoneout`` p, training keeps each unit of h_t and c_t at its previous value with probability p;
+    eval uses the expectation. Layer l > 0 reads layer l-1's output, with dropout in training.
+
+    Args:
+        input_size: The number of expected features in the input `x`
+        hidden_size: The number of features in the cell state `c` (and in `h` without ``proj_size``)
+        num_layers: Number of recurrent layers. Default: 1
+        bias: If ``False``, the layer has no ``bias_ih`` / ``bias_hh``. Default: ``True``
+        batch_first: If ``True``, input and output are `(batch, seq, feature)` instead of
+            `(seq, batch, feature)`; not the states. Default: ``False``
+        dropout: Dropout probability on the outputs of each layer except the last, in training.
+            Default: 0
+        bidirectional: If ``True``, becomes a bidirectional LSTM. Default: ``False``
+        proj_size: If ``> 0``, an LSTM with projections of that size (h_t = W_hr h_t). Default: 0
+        peephole: ``"none"``, ``"diagonal"`` or ``"full"``. Default: ``"diagonal"``
+        peephole_gates: The gates that have a peephole, a non-empty subset of ``"ifo"``. Default: ``"ifo"``
+        output_peephole: The output gate peeks at c_t (``"current"``) or c_{t-1} (``"previous"``).
+            Default: ``"current"``
+        coupled: CIFG, i_t = 1 - f_t (the input gate has no weights). Default: ``False``
+        input_gate, forget_gate, output_gate: ``False`` fixes that gate to 1 and drops its weight block
+            (Greff et al.'s NIG, NFG, NOG). Default: ``True``
+        input_activation, output_activation: ``"tanh"`` or ``"identity"`` (NIAF, NOAF). Default: ``"tanh"``
+        gate_recurrence: FGR, every gate also sees the previous step's gate activations. Default: ``False``
+        forget_bias: Added to the forget block of ``bias_ih`` at initialisation. Default: 1.0
+            (nn.LSTM: 0; pass ``forget_bias=0`` for nn.LSTM's initial weights)
+        cell_clip: Clamp c_t to [-cell_clip, cell_clip], or ``None``. Default: ``None``
+        layer_norm: Layer normalisation of the two projections and of c_t. Default: ``False``
+        zoneout: Zoneout probability for h and c, in [0, 1). Default: 0
+        backend: ``"auto"`` (the fused whole-sequence kernel where it supports the options, else the
+            per-step loop), ``"fused"``, ``"eager"``, ``"script"`` or ``"compile"``; the same numbers.
+            Default: ``"auto"``
+        device, dtype: Where and of what dtype the parameters are created (``device="meta"`` included),
+            as nn.LSTM's factory kwargs. Default: torch's defaults
+
+    Inputs: input, (h_0, c_0)
+        * **input**: tensor of shape `(L, H_in)` for unbatched input, `(L, N, H_in)` when
+          ``batch_first=False`` or `(N, L, H_in)` when ``batch_first=True``, or a
+          :class:`~torch.nn.utils.rnn.PackedSequence`. L must be > 0; its dtype must be the weights'.
+        * **h_0**: tensor of shape `(D * num_layers, H_out)` for unbatched input or
+          `(D * num_layers, N, H_out)`: the initial hidden state. Zeros if (h_0, c_0) is not given.
+        * **c_0**: tensor of shape `(D * num_layers, H_cell)` for unbatched input or
+          `(D * num_layers, N, H_cell)`: the initial cell state. Zeros if not given.
+
+        where N is the batch size, L the sequence length, D = 2 if bidirectional else 1,
+        H_in = input_size, H_cell = hidden_size and H_out = proj_size if proj_size > 0 else hidden_size.
+
+    Outputs: output, (h_n, c_n)
+        * **output**: tensor of shape `(L, D * H_out)` for unbatched input, `(L, N, D * H_out)` when
+          ``batch_first=False`` or `(N, L, D * H_out)` when ``batch_first=True``: h_t of the last layer
+          for each t (forward and reverse concatenated), a PackedSequence if the input was one.
+        * **h_n**: tensor of shape `(D * num_layers, H_out)` for unbatched input or
+          `(D * num_layers, N, H_out)`: the final hidden state of each layer and direction.
+        * **c_n**: tensor of shape `(D * num_layers, H_cell)` for unbatched input or
+          `(D * num_layers, N, H_cell)`: the final cell state of each layer and direction.
+
+    Attributes:
+        weight_ih_l[k]: input-hidden weights of layer k, the gate blocks stacked in nn.LSTM's order
+            (i|f|g|o, without the blocks of absent gates): `(G*hidden_size, input_size)` for k = 0,
+            `(G*hidden_size, D * H_out)` otherwise. G = 4 with all gates.
+        weight_hh_l[k]: hidden-hidden weights, `(G*hidden_size, H_out)`
+        bias_ih_l[k], bias_hh_l[k]: the biases, `(G*hidden_size)`; only with ``bias=True``
+        weight_hr_l[k]: projection weights, `(proj_size, hidden_size)`; only with ``proj_size > 0``
+        weight_ch_l[k]: peephole weights, one row per peeping gate in the order i, f, o:
+            `(P, hidden_size)` diagonal, `(P, hidden_size, hidden_size)` full; absent for ``"none"``
+        weight_gh_l[k]: gate recurrence, `(n_gates*hidden_size, n_gates*hidden_size)`; FGR only
+        ln_ih_weight_l[k], ln_ih_bias_l[k], ln_hh_*_l[k] `(G*hidden_size)`, ln_c_*_l[k] `(hidden_size)`:
+            layer-norm gains and shifts; only with ``layer_norm=True``
+        *_reverse: the same for the reverse direction; only with ``bidirectional=True``
+        all_weights: the weights per layer and direction, as nn.LSTM's
+        last_path: which implementation the last forward ran (``"fused-cpp"``, ``"fused-torch"``,
+            ``"eager (reason)"``, ...)
+
+    .. note::
+        Weights and biases are drawn from U(-sqrt(k), sqrt(k)), k = 1 / hidden_size, in nn.LSTM's order
+        (so with the same seed, ``peephole="none", forget_bias=0`` gives nn.LSTM's initial weights);
+        then ``forget_bias`` is added to the forget block of ``bias_ih``. Layer-norm gains start at 1,
+        shifts at 0.
+
+    .. note::
+        ``torch.jit.script(lstm)`` compiles a per-step loop (the ``"eager"`` backend's numbers) that
+        takes Tensor input, not a PackedSequence; ``torch.compile`` and ``torch.export`` trace the
+        plain ops. Errors: a wrong input or state raises :class:`~peephole_lstm.nn.InputError`, both
+        a RuntimeError (as nn.LSTM) and a ValueError.
+
+    Examples::
+
+        >>> rnn = PeepholeLSTM(10, 20, 2)
+        >>> input = torch.randn(5, 3, 10)
+        >>> h0, c0 = torch.randn(2, 3, 20), torch.randn(2, 3, 20)
+        >>> output, (hn, cn) = rnn(input, (h0, c0))
+        >>> output.shape, hn.shape
+        (torch.Size([5, 3, 20]), torch.Size([2, 3, 20]))
+        >>> lstm = PeepholeLSTM(10, 20, peephole="none", forget_bias=0.0)  # nn.LSTM's numbers and init
     """
 
     def __init__(
@@ -80,8 +189,8 @@ class PeepholeLSTM(nn.Module):
                 "as in nn.LSTM"
             )
         self.backend = _choice("backend", backend, BACKENDS)
-        self.last_path: Optional[str] = None  # the implementation the last forward ran (see _path)
-        self._warned: set = set()
+        self.last_path = None  # Optional[str]: the implementation the last forward ran (see _path)
+        self._warned = set()  # reasons already warned about (backend="fused")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional, self.proj_size = bidirectional, proj_size
@@ -100,7 +209,7 @@ class PeepholeLSTM(nn.Module):
         ]
         # Registered in nn.LSTM's order (layer, direction, then ih, hh, biases, hr) so state_dicts line up.
         # nn.LSTM's _all_weights / _flat_weights_names list them by name, per (layer, direction) and flat.
-        self._all_weights: List[List[str]] = []
+        self._all_weights = []  # List[List[str]] (no annotation: TorchScript warns on annotated empty lists)
         for layer, opts in enumerate(self.options):
             for direction in range(self.num_directions):
                 names = []
@@ -109,7 +218,7 @@ class PeepholeLSTM(nn.Module):
                     if p is not None:
                         names.append(self._name(name, layer, direction))
                 self._all_weights.append(names)
-        self._flat_weights_names: List[str] = [n for names in self._all_weights for n in names]
+        self._flat_weights_names = [n for names in self._all_weights for n in names]
         self.reset_parameters()
 
     @staticmethod
@@ -204,6 +313,8 @@ class PeepholeLSTM(nn.Module):
         if torch.compiler.is_compiling():
             # torch.compile / torch.export trace the plain ops; the custom kernel is opaque to them.
             return "eager (tracing)"
+        if fused.under_functorch():
+            return "eager (torch.func transform)"
         reason = fused.unsupported(opts, self.training)
         if reason is None:
             return fused.kernel_name(device, dtype)
@@ -213,7 +324,8 @@ class PeepholeLSTM(nn.Module):
                           "running the eager per-step loop for it")
         return f"eager ({reason})"
 
-    def forward(self, input, hx: Optional[Tuple[Tensor, Tensor]] = None):
+    @torch.jit.unused  # TorchScript compiles _scripted_forward instead (see forward)
+    def _forward(self, input, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
         lengths = None
         if isinstance(input, PackedSequence):
             packed = input
@@ -270,6 +382,106 @@ class PeepholeLSTM(nn.Module):
         if self.batch_first:
             x = x.transpose(0, 1)
         return x, (h_n, c_n)
+
+    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+        # `input` may also be a PackedSequence (then so is the output); TorchScript sees the Tensor form.
+        if torch.jit.is_scripting():
+            return self._scripted_forward(input, hx)
+        return self._forward(input, hx)
+
+    # --- TorchScript ---------------------------------------------------------------------------------
+    # torch.jit.script(lstm) compiles `forward`, which then runs _scripted_forward: the per-step loop of
+    # lstm_step (the "eager" backend's numbers) over the weights as a list, as nn.LSTM's scripted forward
+    # reads its _flat_weights. The fused path is an autograd.Function, which TorchScript cannot call.
+    __jit_unused_properties__ = ["_flat_weights", "all_weights"]
+
+    def __prepare_scriptable__(self) -> "PeepholeLSTM":
+        """Called by torch.jit.script before compiling: snapshot the weights into a list TorchScript can
+        index (the same tensors, so training the scripted module trains this one), and the per-layer
+        options as plain lists."""
+        flat: List[Tensor] = []
+        index: List[List[int]] = []
+        for layer in range(self.num_layers):
+            for direction in range(self.num_directions):
+                row = []
+                for name in PARAMETER_NAMES:
+                    w = getattr(self, self._name(name, layer, direction), None)
+                    row.append(len(flat) if w is not None else -1)
+                    if w is not None:
+                        flat.append(w)
+                index.append(row)
+        self._script_weights, self._script_index = flat, index
+        self._script_layout = [step_flags(o, False)[0] for o in self.options]
+        self._script_flags = [list(step_flags(o, False)[1:6]) for o in self.options]
+        self._script_clip_zoneout = [[float(o.cell_clip or 0.0), float(o.zoneout)] for o in self.options]
+        self._script_gate_width = [len(o.gate_names) * o.hidden_size if o.gate_recurrence else 0 for o in self.options]
+        return self
+
+    def _scripted_forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]]) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+        if input.dim() not in (2, 3) or input.shape[-1] != self.input_size:
+            raise InputError(f"PeepholeLSTM: expected input of {self.input_size} features, 3-D (batched) or "
+                             f"2-D (unbatched), got {input.shape}")
+        batched = input.dim() == 3
+        x = input if batched else input.unsqueeze(1)
+        if batched and self.batch_first:
+            x = x.transpose(0, 1)
+        if x.shape[0] == 0:
+            raise InputError("PeepholeLSTM: Expected sequence length to be larger than 0 in RNN")
+        n, batch = self.num_layers * self.num_directions, x.shape[1]
+        out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        if hx is None:
+            h0 = torch.zeros(n, batch, out_size, dtype=x.dtype, device=x.device)
+            c0 = torch.zeros(n, batch, self.hidden_size, dtype=x.dtype, device=x.device)
+        else:
+            h0, c0 = hx
+            if not batched:
+                h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
+            if h0.shape != (n, batch, out_size) or c0.shape != (n, batch, self.hidden_size):
+                raise InputError(f"PeepholeLSTM: expected hx = (h_0 of shape ({n}, {batch}, {out_size}), c_0 of "
+                                 f"shape ({n}, {batch}, {self.hidden_size})), got {h0.shape} and {c0.shape}")
+        w = self._script_weights
+        h_n: List[Tensor] = []
+        c_n: List[Tensor] = []
+        for layer in range(self.num_layers):
+            idx, flags = self._script_layout[layer], self._script_flags[layer]
+            clip, zoneout = self._script_clip_zoneout[layer][0], self._script_clip_zoneout[layer][1]
+            outputs: List[Tensor] = []
+            for direction in range(self.num_directions):
+                j = layer * self.num_directions + direction
+                k = self._script_index[j]  # positions in w of PARAMETER_NAMES' weights, -1 if absent
+                xz = input_projection(x, w[k[0]], _pick(w, k[2]), _pick(w, k[3]), _pick(w, k[7]), _pick(w, k[8]))
+                if direction == 1:
+                    xz = xz.flip(0)
+                h, c = h0[j], c0[j]
+                a = x.new_zeros(batch, self._script_gate_width[layer])
+                steps: List[Tensor] = []
+                for xz_t in xz.unbind(0):
+                    h, c, a = lstm_step(
+                        xz_t, h, c, a, w[k[1]], _pick(w, k[5]), _pick(w, k[6]), _pick(w, k[4]),
+                        _pick(w, k[9]), _pick(w, k[10]), _pick(w, k[11]), _pick(w, k[12]),
+                        idx, flags[0], flags[1], flags[2], flags[3], flags[4], clip, zoneout, self.training,
+                    )
+                    steps.append(h)
+                out = torch.stack(steps)
+                outputs.append(out.flip(0) if direction == 1 else out)
+                h_n.append(h)
+                c_n.append(c)
+            x = outputs[0] if len(outputs) == 1 else torch.cat(outputs, -1)
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, training=True)
+        hn, cn = torch.stack(h_n), torch.stack(c_n)
+        if not batched:
+            return x.squeeze(1), (hn.squeeze(1), cn.squeeze(1))
+        if self.batch_first:
+            x = x.transpose(0, 1)
+        return x, (hn, cn)
+
+
+def _pick(weights: List[Tensor], i: int) -> Optional[Tensor]:
+    """weights[i], or None for an absent parameter (i = -1): TorchScript's lists hold no None."""
+    if i < 0:
+        return None
+    return weights[i]
 
 
 def _repack(padded: Tensor, like: PackedSequence) -> PackedSequence:

@@ -3,6 +3,8 @@ dtype, meta), nn.LSTM's initial weights for the same seed, float16 on CPU, `all_
 weight-norm / parametrization hooks that read `_flat_weights`."""
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 from torch.nn.utils import parametrizations
@@ -195,3 +197,137 @@ def test_parametrized_weight_norm_matches_nn_lstm(name):
         assert not isinstance(dict(zip(module._flat_weights_names, module._flat_weights))[name], torch.nn.Parameter)
     g_ref = getattr(ref.parametrizations, name).original1.grad
     torch.testing.assert_close(getattr(ours.parametrizations, name).original1.grad, g_ref)
+
+
+
+SCRIPT_OPTIONS = [
+    dict(peephole="none"),
+    dict(peephole="full", num_layers=2, bidirectional=True, proj_size=2, batch_first=True),
+    dict(layer_norm=True, gate_recurrence=True, coupled=True, num_layers=2, cell_clip=0.5, zoneout=0.2),
+    dict(input_gate=False, output_activation="identity", peephole_gates="fo", output_peephole="previous", bias=False),
+]
+SCRIPT_IDS = ["none", "full-2layer-bi-proj-bf", "ln-fgr-cifg-clip-zoneout", "nig-noaf-fo-prev-nobias"]
+jit_deprecated = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:DeprecationWarning")
+
+
+@jit_deprecated
+@pytest.mark.parametrize("kwargs", SCRIPT_OPTIONS, ids=SCRIPT_IDS)
+def test_torch_jit_script_computes_what_eager_computes(kwargs):
+    """torch.jit.script(PeepholeLSTM) runs the per-step loop: the eager backend's numbers, values and
+    gradients, batched and unbatched, with and without an initial state."""
+    lstm = PeepholeLSTM(3, 4, **kwargs).double().eval()
+    scripted = torch.jit.script(lstm)
+    assert list(scripted.state_dict()) == list(lstm.state_dict())
+    lstm.backend = "eager"  # the reference: exactly the ops the scripted loop runs
+    n = lstm.num_layers * lstm.num_directions
+    out_size = kwargs.get("proj_size", 4)
+    for batched in (True, False):
+        x = torch.randn(2, 5, 3, dtype=torch.float64) if kwargs.get("batch_first") else torch.randn(5, 2, 3, dtype=torch.float64)
+        if not batched:
+            x = x[0] if kwargs.get("batch_first") else x[:, 0]
+        shape = (n, 2) if batched else (n,)
+        for hx in (None, (torch.randn(*shape, out_size, dtype=torch.float64), torch.randn(*shape, 4, dtype=torch.float64))):
+            results = []
+            for module in (lstm, scripted):
+                module.zero_grad()
+                out, (h, c) = module(x, hx)
+                (out.sum() + h.square().sum() + c.sum()).backward()
+                results.append([out, h, c] + [p.grad.clone() for p in lstm.parameters()])
+            for a, b in zip(*results):
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@jit_deprecated
+def test_scripted_model_saves_loads_and_trains_the_same_weights():
+    from .scripted_net import Net
+
+    torch.manual_seed(0)
+    net = Net(num_layers=2, bidirectional=True, peephole="diagonal")
+    scripted = torch.jit.script(net)
+    # Scripting a container leaves the eager model as it was (same module, same fast path).
+    assert type(net.lstm) is PeepholeLSTM
+    x = torch.randn(6, 2, 3)
+    torch.testing.assert_close(scripted(x), net(x))
+    buffer = io.BytesIO()
+    torch.jit.save(scripted, buffer)
+    buffer.seek(0)
+    loaded = torch.jit.load(buffer)
+    torch.testing.assert_close(loaded(x), net(x))
+    # The scripted module holds the eager module's parameters, not copies: an optimiser step on one is
+    # seen by the other, as for a scripted nn.LSTM.
+    scripted(x).sum().backward()
+    torch.optim.SGD(scripted.parameters(), lr=0.5).step()
+    assert net.lstm.weight_ih_l0.grad is not None
+    torch.testing.assert_close(scripted(x), net(x))
+    net.double()
+    torch.testing.assert_close(scripted(x.double()), net(x.double()))
+
+
+@jit_deprecated
+def test_scripted_layer_checks_shapes():
+    scripted = torch.jit.script(PeepholeLSTM(3, 4))
+    with pytest.raises(Exception, match="expected input of 3 features"):
+        scripted(torch.randn(5, 2, 7))
+    with pytest.raises(Exception, match="Expected sequence length to be larger than 0"):
+        scripted(torch.randn(0, 2, 3))
+    with pytest.raises(Exception, match=r"expected hx = \(h_0 of shape \(1, 2, 4\)"):
+        scripted(torch.randn(5, 2, 3), (torch.zeros(1, 3, 4), torch.zeros(1, 3, 4)))
+
+
+@jit_deprecated
+def test_scripted_layer_trains_with_dropout_and_zoneout():
+    torch.manual_seed(0)
+    scripted = torch.jit.script(PeepholeLSTM(3, 4, num_layers=2, dropout=0.5, zoneout=0.3).train())
+    x = torch.randn(5, 2, 3)
+    first, second = scripted(x)[0], scripted(x)[0]
+    assert not torch.equal(first, second)  # fresh masks each call
+    first.sum().backward()
+
+
+@pytest.mark.parametrize("kernel", ["cpp", "torch"])
+def test_torch_func_transforms_and_batched_gradients(kernel):
+    """nn.LSTM works under torch.func (grad, jacrev, vmap) and with batched gradients (gradcheck's batched
+    check, jacobian(vectorize=True)). The fused kernels cannot see functorch's tensors: under a transform
+    the layer runs the eager ops, and a backward given batched gradients recomputes with them."""
+    from torch.func import functional_call, grad, jacrev, vmap
+
+    from peephole_lstm.nn import fused
+
+    if kernel == "cpp" and not fused.extension_available():
+        pytest.skip("the C++ kernel is not built")
+    previous = fused.set_extension_enabled(kernel == "cpp")
+    try:
+        torch.manual_seed(0)
+        lstm = PeepholeLSTM(2, 2, peephole="full", bidirectional=True, proj_size=1).double()
+        x = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
+        expected = torch.autograd.functional.jacobian(lambda x: lstm(x)[0], x)
+        assert lstm.last_path == f"fused-{kernel}"
+        torch.testing.assert_close(torch.autograd.functional.jacobian(lambda x: lstm(x)[0], x, vectorize=True), expected)
+        assert torch.autograd.gradcheck(lambda x: lstm(x)[0], (x,), check_batched_grad=True, fast_mode=True)
+        torch.testing.assert_close(jacrev(lambda x: lstm(x)[0])(x), expected)
+        assert lstm.last_path == "eager (torch.func transform)"
+        params = {k: v.detach() for k, v in lstm.named_parameters()}
+        g = grad(lambda p: functional_call(lstm, p, (x,))[0].square().sum())(params)
+        lstm.zero_grad()
+        lstm(x)[0].square().sum().backward()
+        for name, p in lstm.named_parameters():
+            torch.testing.assert_close(g[name], p.grad)
+        xs = torch.randn(2, 3, 2, 2, dtype=torch.float64)
+        torch.testing.assert_close(vmap(lambda xi: lstm(xi)[0])(xs), torch.stack([lstm(xi)[0] for xi in xs]))
+    finally:
+        fused.set_extension_enabled(previous)
+
+
+def test_docstring_examples_run():
+    """help(PeepholeLSTM) and help(PeepholeLSTMCell) are the reference; their examples must work."""
+    import doctest
+
+    from peephole_lstm.nn import cell, layer
+
+    globs = {"torch": torch, "PeepholeLSTM": PeepholeLSTM, "PeepholeLSTMCell": PeepholeLSTMCell}
+    for obj in (layer.PeepholeLSTM, cell.PeepholeLSTMCell):
+        runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+        for test in doctest.DocTestFinder().find(obj, globs=dict(globs)):
+            runner.run(test)
+        result = runner.summarize(verbose=False)
+        assert result.attempted > 0 and result.failed == 0, obj
