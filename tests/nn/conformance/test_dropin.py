@@ -331,3 +331,17 @@ def test_docstring_examples_run():
             runner.run(test)
         result = runner.summarize(verbose=False)
         assert result.attempted > 0 and result.failed == 0, obj
+
+
+@jit_deprecated
+def test_scripted_layer_refuses_packed_input():
+    """A documented difference (docs/reference.md): the scripted forward is compiled for tensors only,
+    where nn.LSTM's has a PackedSequence overload (usable from a scripted model holding it: a scripted
+    nn.LSTM on its own has no callable forward, only its two overloads)."""
+    packed = torch.nn.utils.rnn.pack_sequence([torch.randn(4, 3), torch.randn(2, 3)])
+    scripted = torch.jit.script(PeepholeLSTM(3, 4))
+    with pytest.raises(RuntimeError, match="Tensor"):
+        scripted(packed)
+    PeepholeLSTM(3, 4)(packed)  # the Python module takes it
+    assert scripted(torch.ones(2, 1, 3))[0].shape == (2, 1, 4)
+    assert not hasattr(torch.jit.script(torch.nn.LSTM(3, 4)), "forward")  # only forward__0 / forward__1
