@@ -92,6 +92,14 @@ def fused_sequence(
     w_hh, w_ch, _, w_hr = weights[:4]
     if lengths is not None:
         lengths = lengths.to(device=xz.device, dtype=torch.int64)
+    device = xz.device.type
+    if torch.is_autocast_enabled(device):
+        # What autocast does to nn.LSTM: the whole recurrence in the autocast dtype. The kernels take one
+        # dtype, and autocast does not reach inside a Function; the casts are differentiable ops.
+        dtype = torch.get_autocast_dtype(device)
+        xz, h0, c0, w_hh, w_ch, w_hr = (None if t is None else t.to(dtype) for t in (xz, h0, c0, w_hh, w_ch, w_hr))
+        with torch.autocast(device, enabled=False):
+            return _Sequence.apply(xz, h0, c0, w_hh, w_ch, w_hr, lengths, opts)
     return _Sequence.apply(xz, h0, c0, w_hh, w_ch, w_hr, lengths, opts)
 
 

@@ -2,7 +2,8 @@
 nn.LSTMCell themselves or PeepholeLSTM / PeepholeLSTMCell with peephole="none", "diagonal" or "full".
 
 The tests are PyTorch's own CPU tests for nn.LSTM and nn.LSTMCell (test/test_modules.py's generic module
-tests fed with common_modules.py's LSTM inputs, and test/test_nn.py's LSTM tests), with their
+tests fed with common_modules.py's LSTM inputs, test/test_nn.py's LSTM tests and test/test_autocast.py's
+CPU one), with their
 assertions unchanged. Running them on nn.LSTM proves the port; running them on PeepholeLSTM is the
 conformance check. Tests that compare against nn.LSTM's numbers skip the peephole variants (peepholes
 change the numbers); every other test runs on all four.

@@ -345,3 +345,14 @@ def test_scripted_layer_refuses_packed_input():
     PeepholeLSTM(3, 4)(packed)  # the Python module takes it
     assert scripted(torch.ones(2, 1, 3))[0].shape == (2, 1, 4)
     assert not hasattr(torch.jit.script(torch.nn.LSTM(3, 4)), "forward")  # only forward__0 / forward__1
+
+
+def test_autocast_on_the_per_step_path_autocasts_op_by_op():
+    """A documented difference: off the fused path (backend="eager", layer_norm, gate_recurrence, zoneout in
+    training) autocast applies per op, the float32 state promotes the result, and the output is float32
+    where nn.LSTM (and the fused path) return the autocast dtype."""
+    x = torch.randn(5, 2, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert PeepholeLSTM(3, 4)(x)[0].dtype == torch.bfloat16
+        out = PeepholeLSTM(3, 4, backend="eager")(x)[0]
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()

@@ -380,6 +380,41 @@ def test_cpu_vs_reference_numbers(impl):
         torch.testing.assert_close(results[1], results[0])
 
 
+# --- from test/test_autocast.py (TestAutocastCPU) ------------------------------------------------------
+
+
+def test_autocast_rnn(impl):
+    """A bfloat16 module refuses a float32 input (ValueError) but runs it under CPU autocast. Upstream
+    skips it where oneDNN has no bfloat16; the fused kernel needs no oneDNN."""
+    x = torch.randn(1, 2, 1)
+    hx = torch.randn(2, 2, 1)
+    cx = torch.randn(2, 2, 1)
+    m = impl.lstm(1, 1, 2).to(torch.bfloat16)
+    regex = r"RNN input dtype .* does not match weight dtype" if impl.is_torch else r"input dtype .* does not match weight dtype"
+    with pytest.raises(ValueError, match=regex):
+        m(x, (hx, cx))
+    with torch.amp.autocast(device_type="cpu"):
+        m(x, (hx, cx))
+
+
+def test_autocast_runs_the_recurrence_in_the_autocast_dtype(impl):
+    """Not upstream's: under autocast nn.LSTM computes in bfloat16 and returns bfloat16; so does the fused
+    path (the default). Values within bfloat16 rounding of nn.LSTM's."""
+    impl.needs_nn_lstm_numbers()
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(3, 4, num_layers=2, bidirectional=True)
+    m = impl.lstm(3, 4, num_layers=2, bidirectional=True)
+    m.load_state_dict(ref.state_dict())
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, (h, c) = m(x)
+        expected = ref(x)[0]
+    assert out.dtype == h.dtype == c.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected.float(), atol=2e-2, rtol=0)
+    out.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and all(p.grad.dtype == torch.float32 for p in m.parameters())
+
+
 SKIPPED = {
     "test_RNN_cpu_vs_cudnn_no_dropout": "compares CPU with cuDNN (CUDA); its CPU-only half is test_cpu_vs_reference_numbers",
     "test_RNN_cpu_vs_cudnn_with_dropout": "compares CPU with cuDNN (CUDA)",
