@@ -65,7 +65,7 @@ start_munge() {
     die "munged does not answer (see /var/log/munge/munged.log)"
 }
 
-write_conf() {
+render_conf() {  # the config for this machine, on stdout
     local node host cpus mem
     host=$(hostname -s)
     # slurmd's own view of this machine, e.g. "NodeName=vm CPUs=2 Boards=1 ... RealMemory=24105"
@@ -73,11 +73,7 @@ write_conf() {
     cpus=$(sed -n 's/.* CPUs=\([0-9]*\).*/\1/p' <<<"$node")
     mem=$(sed -n 's/.* RealMemory=\([0-9]*\).*/\1/p' <<<"$node")
     [[ -n $cpus && -n $mem ]] || die "cannot read CPUs and RealMemory from 'slurmd -C': $node"
-    if [[ -f $CONF ]] && ! grep -qF "$MARKER" "$CONF"; then
-        die "$CONF exists and was not written by this script; not replacing it (move it away to use this one)"
-    fi
-    mkdir -p "$(dirname "$CONF")"
-    cat >"$CONF.tmp" <<EOF
+    cat <<EOF
 $MARKER for a one-node development cluster.
 ClusterName=peephole-local
 # The daemons talk over loopback, so a hostname that does not resolve still works.
@@ -111,16 +107,29 @@ MinJobAge=300
 NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=$PARTITION Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
+}
+
+write_conf() {
+    if [[ -f $CONF ]] && ! grep -qF "$MARKER" "$CONF"; then
+        die "$CONF exists and was not written by this script; not replacing it (move it away to use this one)"
+    fi
+    mkdir -p "$(dirname "$CONF")"
+    render_conf >"$CONF.tmp"
     mv "$CONF.tmp" "$CONF"
-    say "$CONF: node $host, $cpus CPUs, $mem MB, partition $PARTITION"
+    say "$CONF: $(grep '^NodeName=' "$CONF")"
 }
 
 start() {
     need_root start
     need_packages
     if alive "$DIR/slurmctld.pid" && alive "$DIR/slurmd.pid" && cluster_up; then
-        say "already running ($(sinfo --noheader --format='%P %D node %c CPUs %T'))"
-        return
+        if [[ $(render_conf) == "$(cat "$CONF" 2>/dev/null)" ]]; then
+            say "already running ($(sinfo --noheader --format='%P %D node %c CPUs %T'))"
+            return
+        fi
+        say "running with another config: restarting it"
+        stop_daemon "$DIR/slurmd.pid" slurmd
+        stop_daemon "$DIR/slurmctld.pid" slurmctld
     fi
     mkdir -p "$DIR/state" "$DIR/spool"
     start_munge

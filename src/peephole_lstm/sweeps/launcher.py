@@ -27,6 +27,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import threading
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -59,6 +61,27 @@ def requeued_by_slurm() -> bool:
 
 def slurm_rank() -> int:
     return int(os.environ.get("SLURM_PROCID") or 0)
+
+
+def _note_sigterm() -> threading.Event:
+    """An event set when this process gets SIGTERM; the handler in place (submitit's) still runs.
+
+    Lightning's own SIGTERM handler calls the one it finds, so the event is set during training too.
+    """
+    event = threading.Event()
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum: int, frame: Any) -> None:
+        event.set()
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+    return event
 
 
 def job_config(hydra_context: Any, config: Any, overrides: Sequence[str], job_num: int, job_id: str = ""):
@@ -129,7 +152,15 @@ class ResumeOnRequeue:
             overrides = resume_overrides(overrides, run_dir)
         if slurm_rank() > 0:  # an extra DDP rank started by SLURM: rank 0 writes the job's records
             overrides += ["hydra.output_subdir=null", f"hydra.job.name=ddp_rank{slurm_rank()}"]
-        return super().__call__(overrides, job_dir_key, job_num, job_id, singleton_state)  # type: ignore[misc]
+        terminated = _note_sigterm()
+        ret = super().__call__(overrides, job_dir_key, job_num, job_id, singleton_state)  # type: ignore[misc]
+        if terminated.is_set() and ret.status.name == "FAILED":
+            # SLURM is stopping this job (requeue, cancel, preemption) and SIGTERM reached every process of
+            # it, W&B's service too: what failed is the shutdown. Ending without a result lets submitit see
+            # the job as still owed: SLURM runs it again after a requeue, and a cancel is recorded as such.
+            error = ret._return_value  # (the property would raise it)
+            raise SystemExit(f"stopped by SIGTERM ({type(error).__name__}: {error})")
+        return ret
 
     def checkpoint(self, sweep_overrides: list[str], *args: Any, **kwargs: Any) -> Any:
         import submitit

@@ -27,6 +27,7 @@ _ACTIVE = frozenset({
 })
 # A job that squeue had shown and no longer knows: it ended more than MinJobAge ago.
 GONE = "GONE"
+GONE_AFTER_S = 60
 _NO_ACCOUNTING = "accounting storage is disabled"
 
 
@@ -41,6 +42,7 @@ class SlurmStateWatcher(SlurmInfoWatcher):
         super().__init__(delay_s)
         self.use_squeue: Optional[bool] = None  # decided by the first call
         self._last_error = ""
+        self._missing_since: dict[str, float] = {}
 
     def _make_command(self) -> Optional[list[str]]:
         command = super()._make_command()
@@ -86,9 +88,13 @@ class SlurmStateWatcher(SlurmInfoWatcher):
             info = self.read_info(proc.stdout)
             self._last_error = ""
         if self.use_squeue:
-            # squeue forgets jobs MinJobAge after they end: a job it showed before and lists no more has ended.
+            # squeue forgets jobs MinJobAge after they end: a job it showed before and has not listed for a
+            # while has ended. (Not at once: a job being requeued can be missing from one listing.)
+            now = time.monotonic()
             for job_id in self._registered - self._finished:
-                if job_id not in info and self._info_dict.get(job_id, {}).get("State"):
+                if job_id in info or not self._info_dict.get(job_id, {}).get("State"):
+                    self._missing_since.pop(job_id, None)
+                elif now - self._missing_since.setdefault(job_id, now) > GONE_AFTER_S:
                     info[job_id] = {"JobID": job_id, "State": GONE, "NodeList": ""}
         self._info_dict.update(info)
         for job_id in self._registered - self._finished:
