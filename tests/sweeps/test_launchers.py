@@ -141,8 +141,11 @@ def test_slurm_multinode_settings_give_n_nodes_of_g_ranks_and_lightning_agrees(t
 
     # What SLURM hands task 5 (node 1, local task 1) of that job; Lightning takes its ranks and the main
     # node from it (MASTER_ADDR/MASTER_PORT need no setting).
+    # Lightning's SLURMEnvironment exports MASTER_ADDR/MASTER_PORT into os.environ: setting each first makes
+    # monkeypatch restore (remove) it afterwards, so no later test or job inherits gpu01.
     for var in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
     monkeypatch.setenv("SLURM_NTASKS", "8")
     monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "4")
     monkeypatch.setenv("SLURM_PROCID", "5")

@@ -57,7 +57,10 @@ def slurm_cluster():
 def _env(tmp_path: Path, **extra: str) -> dict:
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1", **extra}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tmp_path), env.get("PYTHONPATH", "")) if p)
-    for var in ("LOCAL_RANK", "WANDB_API_KEY", "PEEPHOLE_LSTM_DDP_JOB"):
+    # The jobs inherit this environment (sbatch --export=ALL): nothing of another job or DDP run may leak in.
+    for var in [v for v in env if v.startswith("SLURM_")] + [
+            "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "WANDB_API_KEY",
+            "PEEPHOLE_LSTM_DDP_JOB"]:
         env.pop(var, None)
     return env
 
