@@ -87,7 +87,7 @@ def _scontrol_job(job_id: str) -> dict:
     return dict(f.split("=", 1) for f in out.stdout.split() if "=" in f)
 
 
-def _wait_for(predicate, what: str, timeout: float = 240, proc: subprocess.Popen | None = None):
+def _wait_for(predicate, what: str, timeout: float = 600, proc: subprocess.Popen | None = None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -312,9 +312,8 @@ def test_slurm_optuna_study_resumes_after_its_sweeper_dies_without_losing_or_rep
     first = subprocess.Popen(_train_cmd(*args, sweep=sweep), cwd=tmp_path, env=_env(tmp_path),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        # the sweeper dies while its first batch (an array of two trials) runs on the cluster
-        _wait_for(lambda: all((sweep / n / ".hydra").is_dir() for n in "01"), "the first two trials to start",
-                  proc=first)
+        # the sweeper dies once its first batch (an array of two trials) is on the cluster
+        _wait_for(lambda: list(sweep.glob(".submitit/*_1")), "the first two trials to be submitted", proc=first)
     finally:
         first.kill()
         first.wait()

@@ -106,8 +106,8 @@ def job_config(hydra_context: Any, config: Any, overrides: Sequence[str], job_nu
     return cfg, run_dir
 
 
-def record_lost_job(run_dir: str, overrides: Sequence[str], seed: Any, job_id: str, state: str) -> None:
-    """results.json for a job that ended without a result: status failed, what the cluster said.
+def record_lost_job(run_dir: str, overrides: Sequence[str], seed: Any, job_id: str, reason: str) -> None:
+    """results.json for a job that ended without a result: status failed, and why (e.g. the SLURM state).
 
     A results.json the job wrote itself is kept when it says "completed" (the job was killed after
     finishing), and otherwise extended: its metrics and W&B run stay, its error is kept after ours.
@@ -123,7 +123,7 @@ def record_lost_job(run_dir: str, overrides: Sequence[str], seed: Any, job_id: s
             previous = {}
     if previous.get("status") == "completed":
         return
-    error = f"job {job_id} ended {state} without a result (cancelled, killed or out of time)"
+    error = f"job {job_id} {reason}"
     if previous.get("error"):
         error += f"; the job recorded: {previous['error']}"
     Path(run_dir).mkdir(parents=True, exist_ok=True)
@@ -231,12 +231,18 @@ class ResumeOnRequeue:
         for job, num, overrides in zip(jobs, nums, job_overrides):
             try:
                 returns.append(job.results()[0])
-            except Exception as e:  # submitit: the job ended without a result (UncompletedJobError, ...)
+            except Exception as e:  # submitit: no result (UncompletedJobError) or an error outside run_job
+                from submitit.core.utils import UncompletedJobError
+
                 cfg, run_dir = job_config(self.hydra_context, self.config, overrides, num, job.job_id)
                 state = states.last.get(job.job_id, "UNKNOWN")
-                record_lost_job(run_dir, overrides, cfg.get("seed"), job.job_id, state)
-                log.error(f"job {job.job_id} (#{num}) ended {state} without a result; recorded as failed in "
-                          f"{run_dir}/results.json")
+                if isinstance(e, UncompletedJobError):
+                    reason = f"ended {state} without a result (cancelled, killed or out of time)"
+                else:
+                    lines = [x for x in str(e).splitlines() if x.strip() and not x.startswith(("-", " "))]
+                    reason = f"failed before or after its training run: {lines[-1] if lines else type(e).__name__}"
+                record_lost_job(run_dir, overrides, cfg.get("seed"), job.job_id, reason)
+                log.error(f"job {job.job_id} (#{num}) {reason}; recorded as failed in {run_dir}/results.json")
                 returns.append(JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=e,
                                          working_dir=run_dir))
         return returns
