@@ -200,9 +200,15 @@ status() {
     return 1
 }
 
+lock() {  # one start/stop at a time (two test sessions may both find the cluster down)
+    mkdir -p "$DIR"
+    exec 9>"$DIR/lock"
+    flock 9
+}
+
 case ${1:-} in
-    start) start ;;
-    stop) stop ;;
+    start) need_root start; lock; start ;;
+    stop) need_root stop; lock; stop ;;
     status) status ;;
     *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
 esac
