@@ -92,14 +92,14 @@ def test_resume_override_only_once_a_last_checkpoint_exists(tmp_path):
     assert resume_overrides(overrides, None) == overrides
 
 
-def test_slurm_launcher_config_gives_one_task_and_gpu_per_device_and_a_requeue_signal(tmp_path, monkeypatch):
+def _render_sbatch(tmp_path, monkeypatch, overrides: list[str]) -> tuple[str, dict]:
+    """The sbatch script `hydra/launcher=slurm` submits for `overrides`, and the composed config."""
     register_configs()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-            cfg = compose("train", return_hydra_config=True, overrides=[
-                "hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "hydra.launcher.partition=gpu",
-                f"hydra.sweep.dir={tmp_path}"])
+            cfg = compose("train", return_hydra_config=True,
+                          overrides=["hydra/launcher=slurm", *overrides, f"hydra.sweep.dir={tmp_path}"])
     finally:
         GlobalHydra.instance().clear()
     params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
@@ -114,6 +114,57 @@ def test_slurm_launcher_config_gives_one_task_and_gpu_per_device_and_a_requeue_s
                                      slurm_max_num_timeout=params.pop("max_num_timeout"))
     base = set(OmegaConf.structured(BaseQueueConf).keys())
     executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
-    sbatch = executor._executor._make_submission_file_text("python -m submitit.core._submit x", "uid")
-    for line in ["--gpus-per-node=4", "--ntasks-per-node=4", "--partition=gpu", "--signal=USR2@120", "--time=240"]:
+    return executor._executor._make_submission_file_text("python -m submitit.core._submit x", "uid"), cfg
+
+
+def test_slurm_launcher_config_gives_one_task_and_gpu_per_device_and_a_requeue_signal(tmp_path, monkeypatch):
+    sbatch, _ = _render_sbatch(tmp_path, monkeypatch, ["trainer=ddp", "trainer.devices=4",
+                                                       "hydra.launcher.partition=gpu"])
+    for line in ["--gpus-per-node=4", "--ntasks-per-node=4", "--nodes=1", "--partition=gpu", "--signal=USR2@120",
+                 "--time=240"]:
         assert f"#SBATCH {line}\n" in sbatch
+
+
+NCCL = ["export NCCL_SOCKET_IFNAME=ib0", "export NCCL_DEBUG=WARN"]
+
+
+def test_slurm_multinode_settings_give_n_nodes_of_g_ranks_and_lightning_agrees(tmp_path, monkeypatch):
+    """docs/clusters.md's N nodes x G GPUs recipe (N=2, G=4): the sbatch script and the ranks Lightning derives."""
+    sbatch, cfg = _render_sbatch(tmp_path, monkeypatch, [
+        "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2", "hydra.launcher.partition=gpu",
+        "hydra.launcher.setup=[" + ",".join(f'"{line}"' for line in NCCL) + "]"])
+    for line in ["--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--cpus-per-task=4", "--signal=USR2@120"]:
+        assert f"#SBATCH {line}\n" in sbatch
+    # the NCCL settings are exported in the batch script, before srun starts the 8 tasks
+    body = sbatch.split("# setup\n", 1)[1]
+    assert body.index(NCCL[0]) < body.index(NCCL[1]) < body.index("srun ")
+
+    # What SLURM hands task 5 (node 1, local task 1) of that job; Lightning takes its ranks and the main
+    # node from it (MASTER_ADDR/MASTER_PORT need no setting).
+    # Lightning's SLURMEnvironment exports MASTER_ADDR/MASTER_PORT into os.environ: setting each first makes
+    # monkeypatch restore (remove) it afterwards, so no later test or job inherits gpu01.
+    for var in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "4")
+    monkeypatch.setenv("SLURM_PROCID", "5")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    monkeypatch.setenv("SLURM_NODEID", "1")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu[01-02]")
+    monkeypatch.setenv("SLURM_NODELIST", "gpu[01-02]")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_JOB_NAME", "train")
+    import lightning.pytorch as pl
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    trainer_cfg = OmegaConf.to_container(cfg.trainer)
+    trainer_cfg.pop("_target_")
+    # this machine has no GPUs; the run dir comes from Hydra's runtime, not composed here
+    trainer_cfg.update(accelerator="cpu", default_root_dir=str(tmp_path))
+    trainer = pl.Trainer(**trainer_cfg, logger=False, enable_checkpointing=False)
+    env = trainer.strategy.cluster_environment
+    assert isinstance(env, SLURMEnvironment)
+    assert (trainer.num_nodes, trainer.num_devices, trainer.world_size) == (2, 4, 8)
+    assert (trainer.global_rank, trainer.local_rank, trainer.node_rank) == (5, 1, 1)
+    assert env.main_address == "gpu01"

@@ -68,14 +68,19 @@ def write_results(
     metrics: dict,
     seed: int,
     wandb: Optional[dict],
+    overrides: Optional[list[str]] = None,
 ) -> Path:
-    """results.json as docs/configuration.md ("Run directory") describes it (non-finite metrics are written as null: JSON has no NaN)."""
+    """results.json as docs/configuration.md ("Run directory") describes it (non-finite metrics are written as null: JSON has no NaN).
+
+    `overrides`: the job's overrides, when written from outside the job (the launcher, for a job that
+    ended without a result); by default this process's Hydra job overrides.
+    """
     run_dir = Path(run_dir)
     results = {
         "status": status,
         "error": error,
         "metrics": {k: _number(v) for k, v in sorted(metrics.items())},
-        "overrides": hydra_overrides(),
+        "overrides": hydra_overrides() if overrides is None else list(overrides),
         "seed": seed,
         "run_dir": str(run_dir.resolve()),
         "package_version": peephole_lstm.__version__,
