@@ -12,7 +12,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from peephole_lstm.nn.cell import INPUT_WEIGHTS, STEP_WEIGHTS, make_parameters, reset_parameters, step_flags
 from peephole_lstm.nn.functional import input_projection, lstm_sequence, lstm_step, reverse_padded
-from peephole_lstm.nn import fused
+from peephole_lstm.nn import fused, ops
 from peephole_lstm.nn.options import BACKENDS, CellOptions, _choice, _flag, _size
 
 
@@ -169,13 +169,12 @@ class PeepholeLSTM(nn.Module):
         "script" or "compile", with the reason in parentheses when the fused path was not taken."""
         if self.backend not in ("auto", "fused"):
             return self.backend
-        if torch.compiler.is_compiling():
-            # torch.compile / torch.export trace the plain ops; the custom kernel is opaque to them.
-            return "eager (tracing)"
         reason = fused.unsupported(opts, self.training)
         if reason is None:
+            # Also under torch.compile / torch.export: the kernels are operators (nn/ops.py) they keep
+            # as one node per layer and direction.
             return fused.kernel_name(device)
-        if self.backend == "fused" and reason not in self._warned:
+        if self.backend == "fused" and reason not in self._warned and not torch.compiler.is_compiling():
             self._warned.add(reason)
             warnings.warn(f"PeepholeLSTM(backend='fused'): {reason} is not supported by the fused kernel; "
                           "running the eager per-step loop for it")
@@ -193,6 +192,7 @@ class PeepholeLSTM(nn.Module):
             x, lengths = pad_packed_sequence(packed)  # original batch order, as hx is given
             batched = True
         else:
+            packed = None
             self._check_input(input)
             batched = input.dim() == 3
             x = input if batched else input.unsqueeze(1)
@@ -206,37 +206,46 @@ class PeepholeLSTM(nn.Module):
         for layer, opts in enumerate(self.options):
             path = self._path(opts, x.device)
             paths.append(path)
-            step = _step_function("eager" if path.startswith(("fused", "eager")) else path)
-            flags = step_flags(opts, self.training)
-            gates0 = x.new_zeros(x.shape[1], len(opts.gate_names) * opts.hidden_size if opts.gate_recurrence else 0)
-            outputs = []
-            for direction in range(self.num_directions):
-                j = layer * self.num_directions + direction
-                xz = input_projection(x, *self._weights(INPUT_WEIGHTS, layer, direction))
-                if direction:
-                    xz = reverse_padded(xz, lengths)
-                weights = self._weights(STEP_WEIGHTS, layer, direction)
-                if path.startswith("fused"):
-                    out, h, c = fused.fused_sequence(xz, h0[j], c0[j], lengths, weights, opts)
-                else:
-                    out, h, c, _ = lstm_sequence(step, xz, h0[j], c0[j], gates0, lengths, weights, flags)
-                outputs.append(reverse_padded(out, lengths) if direction else out)
-                h_n.append(h)
-                c_n.append(c)
-            x = outputs[0] if len(outputs) == 1 else torch.cat(outputs, -1)
+            x = self._layer(layer, opts, path, x, h0, c0, lengths, h_n, c_n)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, training=True)
 
         if not torch.compiler.is_compiling():
             self.last_path = paths[0] if len(set(paths)) == 1 else ", ".join(paths)
         h_n, c_n = torch.stack(h_n), torch.stack(c_n)
-        if lengths is not None:
+        if packed is not None:
             return _repack(x, packed), (h_n, c_n)
         if not batched:
             return x.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
         if self.batch_first:
             x = x.transpose(0, 1)
         return x, (h_n, c_n)
+
+    def _layer(self, layer: int, opts: CellOptions, path: str, x: Tensor, h0: Tensor, c0: Tensor,
+               lengths: Optional[Tensor], h_n: list, c_n: list) -> Tensor:
+        """One layer, both directions, on `path`; appends the final states to h_n and c_n."""
+        is_fused = path.startswith("fused")
+        if not is_fused:
+            # (Only here: under torch.compile, asking the cache for a step function on the fused path
+            # would only make dynamo warn about tracing through functools.cache.)
+            sequence = functools.partial(lstm_sequence, _step_function(path.split(" ")[0]))
+            flags = step_flags(opts, self.training)
+            gates0 = x.new_zeros(x.shape[1], len(opts.gate_names) * opts.hidden_size if opts.gate_recurrence else 0)
+        outputs = []
+        for direction in range(self.num_directions):
+            j = layer * self.num_directions + direction
+            xz = input_projection(x, *self._weights(INPUT_WEIGHTS, layer, direction))
+            if direction:
+                xz = reverse_padded(xz, lengths)
+            weights = self._weights(STEP_WEIGHTS, layer, direction)
+            if is_fused:
+                out, h, c = ops.fused_sequence(xz, h0[j], c0[j], lengths, weights, opts)
+            else:
+                out, h, c, _ = sequence(xz, h0[j], c0[j], gates0, lengths, weights, flags)
+            outputs.append(reverse_padded(out, lengths) if direction else out)
+            h_n.append(h)
+            c_n.append(c)
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, -1)
 
 
 def _repack(padded: Tensor, like: PackedSequence) -> PackedSequence:
