@@ -12,7 +12,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from peephole_lstm.nn.cell import INPUT_WEIGHTS, STEP_WEIGHTS, make_parameters, reset_parameters, step_flags
 from peephole_lstm.nn.functional import input_projection, lstm_sequence, lstm_step, reverse_padded
-from peephole_lstm.nn import fused, ops
+from peephole_lstm.nn import fused, onnx_export, ops
 from peephole_lstm.nn.options import BACKENDS, CellOptions, _choice, _flag, _size
 
 
@@ -166,7 +166,11 @@ class PeepholeLSTM(nn.Module):
 
     def _path(self, opts: CellOptions, device: torch.device) -> str:
         """Which implementation runs a layer: "fused-cpp" / "fused-torch" (see nn/fused.py), "eager",
-        "script" or "compile", with the reason in parentheses when the fused path was not taken."""
+        "script" or "compile", with the reason in parentheses when the fused path was not taken; under
+        torch.onnx.export "onnx-lstm" or "onnx-scan (reason)" (see nn/onnx_export.py)."""
+        if torch.onnx.is_in_onnx_export():
+            reason = onnx_export.unsupported(opts)
+            return "onnx-lstm" if reason is None else f"onnx-scan ({reason})"
         if self.backend not in ("auto", "fused"):
             return self.backend
         reason = fused.unsupported(opts, self.training)
@@ -180,9 +184,14 @@ class PeepholeLSTM(nn.Module):
                           "running the eager per-step loop for it")
         return f"eager ({reason})"
 
-    def forward(self, input, hx: Optional[Tuple[Tensor, Tensor]] = None):
-        lengths = None
+    def forward(self, input, hx: Optional[Tuple[Tensor, Tensor]] = None, *, lengths: Optional[Tensor] = None):
+        """nn.LSTM's forward. `lengths` (B,) is the other way to give sequences of different lengths: a
+        padded batched `input` plus each sequence's length gives the padded output (zeros after each
+        length) and the final states at each length, as packing would; unlike a PackedSequence it also
+        traces (torch.export, and ONNX's `sequence_lens`)."""
         if isinstance(input, PackedSequence):
+            if lengths is not None:
+                raise ValueError("PeepholeLSTM: a PackedSequence carries its own lengths; do not also pass lengths=")
             packed = input
             if packed.data.shape[-1] != self.input_size:
                 raise ValueError(
@@ -198,6 +207,8 @@ class PeepholeLSTM(nn.Module):
             x = input if batched else input.unsqueeze(1)
             if batched and self.batch_first:
                 x = x.transpose(0, 1)
+            if lengths is not None:
+                self._check_lengths(lengths, x, batched)
         h0, c0 = self._initial_state(x, hx, batched)
         if lengths is not None:
             lengths = lengths.to(x.device)
@@ -206,7 +217,10 @@ class PeepholeLSTM(nn.Module):
         for layer, opts in enumerate(self.options):
             path = self._path(opts, x.device)
             paths.append(path)
-            x = self._layer(layer, opts, path, x, h0, c0, lengths, h_n, c_n)
+            if path == "onnx-lstm":  # both directions in one node of ONNX's own LSTM operator
+                x = self._onnx_layer(layer, opts, x, h0, c0, lengths, h_n, c_n)
+            else:
+                x = self._layer(layer, opts, path, x, h0, c0, lengths, h_n, c_n)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, training=True)
 
@@ -221,14 +235,33 @@ class PeepholeLSTM(nn.Module):
             x = x.transpose(0, 1)
         return x, (h_n, c_n)
 
+    def _check_lengths(self, lengths: Tensor, x: Tensor, batched: bool) -> None:
+        if not batched:
+            raise ValueError("PeepholeLSTM: lengths= needs a batched input (one length per sequence)")
+        if not isinstance(lengths, Tensor) or lengths.dim() != 1 or lengths.shape[0] != x.shape[1] \
+                or lengths.is_floating_point() or lengths.is_complex():
+            raise ValueError(
+                f"PeepholeLSTM: lengths= must be an integer tensor of shape ({x.shape[1]},), one length per "
+                f"sequence, got {lengths.dtype if isinstance(lengths, Tensor) else type(lengths).__name__} "
+                f"of shape {list(lengths.shape) if isinstance(lengths, Tensor) else '-'}"
+            )
+        # Checking the values reads them: not while tracing, where they are unknown.
+        if not torch.compiler.is_compiling() and bool(((lengths < 0) | (lengths > x.shape[0])).any()):
+            raise ValueError(
+                f"PeepholeLSTM: lengths= must lie in [0, {x.shape[0]}] (the padded length), got {lengths.tolist()}"
+            )
+
     def _layer(self, layer: int, opts: CellOptions, path: str, x: Tensor, h0: Tensor, c0: Tensor,
                lengths: Optional[Tensor], h_n: list, c_n: list) -> Tensor:
         """One layer, both directions, on `path`; appends the final states to h_n and c_n."""
         is_fused = path.startswith("fused")
         if not is_fused:
-            # (Only here: under torch.compile, asking the cache for a step function on the fused path
-            # would only make dynamo warn about tracing through functools.cache.)
-            sequence = functools.partial(lstm_sequence, _step_function(path.split(" ")[0]))
+            if path.startswith("onnx-scan"):
+                sequence = onnx_export.scan_sequence
+            else:
+                # (Only here: under torch.compile, asking the cache for a step function on the fused
+                # path would only make dynamo warn about tracing through functools.cache.)
+                sequence = functools.partial(lstm_sequence, _step_function(path.split(" ")[0]))
             flags = step_flags(opts, self.training)
             gates0 = x.new_zeros(x.shape[1], len(opts.gate_names) * opts.hidden_size if opts.gate_recurrence else 0)
         outputs = []
@@ -246,6 +279,17 @@ class PeepholeLSTM(nn.Module):
             h_n.append(h)
             c_n.append(c)
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs, -1)
+
+    def _onnx_layer(self, layer: int, opts: CellOptions, x: Tensor, h0: Tensor, c0: Tensor,
+                    lengths: Optional[Tensor], h_n: list, c_n: list) -> Tensor:
+        """One layer as one node of ONNX's LSTM operator, under torch.onnx.export (nn/onnx_export.py)."""
+        names = INPUT_WEIGHTS + STEP_WEIGHTS
+        weights = [dict(zip(names, self._weights(names, layer, d))) for d in range(self.num_directions)]
+        states = slice(layer * self.num_directions, (layer + 1) * self.num_directions)
+        x, h, c = onnx_export.lstm_layer(x, h0[states], c0[states], lengths, weights, opts)
+        h_n.extend(h.unbind(0))
+        c_n.extend(c.unbind(0))
+        return x
 
 
 def _repack(padded: Tensor, like: PackedSequence) -> PackedSequence:
