@@ -12,7 +12,10 @@ measured side by side in the same process. "warm-up" is the first call of a fres
 compilation included); its one-off part is the first call minus the second (the second call's own
 work grows with T, the one-off part must not). On the long shape both are also measured at T=100.
 The "stream" shape is inference with B=1, one step per call, carrying the state (ms per call).
-GFLOP/s counts the GEMM work only (3x the forward GEMMs for a training step).
+GFLOP/s counts the recurrent layer's GEMM work only (3x the forward GEMMs for a training step).
+"torch.compile/..." is torch.compile(PeepholeLSTM(...), dynamic=True) (the fused layers as operators),
+compiled cold (inductor's caches off), so its warm-up is the whole compilation; "+head" adds a per-step
+MLP head (Linear, tanh, Linear to 1) to the module, the surrounding work inductor can fuse.
 Allocator state matters: with glibc's default malloc, big buffers freed by one call come back as fresh
 pages that fault on first touch in the next (nn.LSTM's workspace does; the fused kernel keeps its
 buffers). To compare with nobody paging, run under
@@ -21,6 +24,7 @@ GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4000000000:glibc.malloc.trim_threshol
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -46,7 +50,8 @@ SHAPES = {  # name: (B, T, input, hidden)
     "stream": (1, 200, 32, 128),  # 200 single-step calls
 }
 DEFAULT_IMPLS = ["nn.LSTM", "naive-loop", "auto/none", "auto/diagonal", "auto/full", "eager/diagonal"]
-ALL_IMPLS = DEFAULT_IMPLS + ["script/diagonal", "compile/diagonal", "fused-torch/diagonal"]
+ALL_IMPLS = DEFAULT_IMPLS + ["script/diagonal", "compile/diagonal", "fused-torch/diagonal", "torch.compile/diagonal",
+                             "auto+head/diagonal", "torch.compile+head/diagonal"]
 
 
 class NaiveLoop(nn.Module):
@@ -86,18 +91,37 @@ class NaiveLoop(nn.Module):
         return torch.stack(outputs), (h.unsqueeze(0), c.unsqueeze(0))
 
 
+class WithHead(nn.Module):
+    """A layer and a per-step MLP head: pointwise work around the operator that inductor can fuse."""
+
+    def __init__(self, lstm: nn.Module, hidden_size: int):
+        super().__init__()
+        self.lstm = lstm
+        self.head = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.Tanh(), nn.Linear(hidden_size, 1))
+
+    def forward(self, x, state=None):
+        out, state = self.lstm(x, state)
+        return self.head(out), state
+
+
 def make(impl: str, input_size: int, hidden_size: int) -> nn.Module:
     if impl == "nn.LSTM":
         return nn.LSTM(input_size, hidden_size)
     if impl == "naive-loop":
         return NaiveLoop(input_size, hidden_size)
     backend, peephole = impl.split("/")
+    head = backend.endswith("+head")
+    backend = backend.removesuffix("+head")
+    whole_model = backend == "torch.compile"
     if backend == "fused-torch":  # the pure-PyTorch implementation of the fused algorithm, on CPU
         backend = "fused"
-    if backend == "compile":  # a fresh compilation, so that warm-up includes it
+    if backend in ("compile", "torch.compile"):  # a fresh compilation, so that warm-up includes it
         torch._dynamo.reset()
         _step_function.cache_clear()
-    return PeepholeLSTM(input_size, hidden_size, peephole=peephole, backend=backend)
+    module = PeepholeLSTM(input_size, hidden_size, peephole=peephole, backend="auto" if whole_model else backend)
+    if head:
+        module = WithHead(module, hidden_size)
+    return torch.compile(module, dynamic=True) if whole_model else module
 
 
 def path_of(impl: str, module: nn.Module) -> str:
@@ -105,7 +129,9 @@ def path_of(impl: str, module: nn.Module) -> str:
         return "aten lstm"
     if impl == "naive-loop":
         return "python loop"
-    return module.last_path
+    if impl.startswith("torch.compile"):
+        return "inductor + fused op"
+    return (module.lstm if isinstance(module, WithHead) else module).last_path
 
 
 def gemm_flops(impl: str, batch: int, steps: int, input_size: int, hidden: int) -> float:
@@ -153,8 +179,15 @@ class Bench:
     def call(self) -> None:
         # "fused-torch/...": the pure-PyTorch implementation of the fused path, with the C++ kernel off.
         previous = fused.set_extension_enabled(not self.impl.startswith("fused-torch"))
+        cold = contextlib.nullcontext()
+        if self.impl.startswith("torch.compile"):
+            import torch._inductor.config  # noqa: F401 - loaded only for these rows
+
+            # a cold compilation each time a fresh module first runs (no on-disk cache hits)
+            cold = torch._inductor.config.patch(force_disable_caches=True)
         try:
-            self._call()
+            with cold:
+                self._call()
         finally:
             fused.set_extension_enabled(previous)
 
@@ -261,7 +294,7 @@ def machine() -> dict:
 
 
 def table(rows: list[Row]) -> str:
-    head = (f"{'shape':<8} {'impl':<20} {'path':<24} {'ms/step':>9} {'tokens/s':>10} {'GFLOP/s':>8} {'vs LSTM':>8} "
+    head = (f"{'shape':<8} {'impl':<28} {'path':<24} {'ms/step':>9} {'tokens/s':>10} {'GFLOP/s':>8} {'vs LSTM':>8} "
             f"{'warm-up s (one-off part)':>26}")
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -269,7 +302,7 @@ def table(rows: list[Row]) -> str:
         warm = f"{r.warmup_s:.3f} ({r.warmup_extra_s:+.3f})"
         if r.warmup_T100_s is not None:
             warm += f"; T=100: {r.warmup_T100_s:.3f} ({r.warmup_T100_extra_s:+.3f})"
-        lines.append(f"{r.shape:<8} {r.impl:<20} {r.path[:24]:<24} {r.ms_per_step:>9.3f} {r.tokens_per_s:>10.0f} "
+        lines.append(f"{r.shape:<8} {r.impl:<28} {r.path[:24]:<24} {r.ms_per_step:>9.3f} {r.tokens_per_s:>10.0f} "
                      f"{r.gflops:>8.2f} {ratio:>8} {warm:>26}")
     return "\n".join(lines)
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command from a fresh clone to a first result: creates (or reuses) .venv, installs the right torch
-# build, the package with its C++ kernel and the training/test extras, then runs the showcase.
+# build, the package with its C++ kernel and the training/test/export extras, then runs the showcase.
 #
 #   ./scripts/setup.sh                  set up (idempotent) and run `python train.py`
 #   ./scripts/setup.sh --no-showcase    set up only
@@ -71,13 +71,13 @@ fi
 # The editable install compiles the kernel (a minute or two); skip it when nothing it depends on changed.
 STAMP="$VENV/.peephole-lstm-installed"
 STATE=$( { cat setup.py pyproject.toml src/peephole_lstm/nn/csrc/*; echo "${PEEPHOLE_LSTM_NO_EXTENSION:-}${PEEPHOLE_LSTM_PORTABLE:-}"; } | python -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$STATE" ] && have peephole_lstm lightning pytest tensorboard websocket; then
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$STATE" ] && have peephole_lstm lightning pytest tensorboard websocket onnxruntime; then
     say "peephole-lstm already installed (sources unchanged)"
 else
-    say "installing peephole-lstm with its C++ kernel and the [train,dev] extras"
+    say "installing peephole-lstm with its C++ kernel and the [train,dev,export] extras"
     $PIP install "setuptools>=77" wheel numpy  # numpy: torch warns at build time without it
     # No build isolation: setup.py compiles the kernel against the torch installed above.
-    $PIP install --no-build-isolation -e ".[train,dev]"
+    $PIP install --no-build-isolation -e ".[train,dev,export]"
     echo "$STATE" > "$STAMP"
 fi
 python - <<'PY'

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_benchmark_json_at_a_tiny_shape():
-    impls = "nn.LSTM,naive-loop,auto/diagonal,auto/full,eager/diagonal"
+    impls = "nn.LSTM,naive-loop,auto/diagonal,auto/full,eager/diagonal,auto+head/diagonal"
     cmd = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--shapes", "2x4x3x5,stream", "--impls", impls,
            "--repeats", "2", "--min-seconds", "0", "--json", "-"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
@@ -27,6 +27,7 @@ def test_benchmark_json_at_a_tiny_shape():
     expected = "fused-cpp" if report["machine"]["fused_extension"] else "fused-torch"
     assert by[("2x4x3x5", "auto/diagonal")]["path"] == expected
     assert by[("2x4x3x5", "eager/diagonal")]["path"] == "eager"
+    assert by[("2x4x3x5", "auto+head/diagonal")]["path"] == expected
     assert by[("stream", "auto/full")]["T"] == 200 and by[("stream", "auto/full")]["B"] == 1
 
 

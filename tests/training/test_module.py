@@ -59,7 +59,7 @@ def test_arch_selects_the_network_and_variant_overrides_options():
         net = recurrent_network(model_cfg(variant="CIFG", peephole="full"), 3)
     assert isinstance(net, PeepholeLSTM)
     assert net.options[0].coupled and net.options[0].peephole == "diagonal"  # the preset wins
-    assert recurrent_network(model_cfg(compile=True), 3).backend == "compile"
+    assert recurrent_network(model_cfg(compile=True), 3).backend == "auto"  # compile is the whole model's
 
 
 @pytest.mark.parametrize(
@@ -69,8 +69,9 @@ def test_arch_selects_the_network_and_variant_overrides_options():
         (dict(arch="gru", peephole="full"), r"model.arch=gru \(torch.nn.GRU\) ignores model.peephole='full'"),
         (dict(arch="lstm", coupled=True, zoneout=0.1), r"ignores model.coupled=True, model.zoneout=0.1"),
         (dict(arch="gru", proj_size=2), r"model.arch=gru .* ignores model.proj_size=2"),
-        (dict(arch="lstm", compile=True), "model.compile"),
+        (dict(arch="lstm", backend="fused"), "model.backend"),
         (dict(compile=True, backend="script"), "model.backend=script"),
+        (dict(compile=True, backend="compile"), "model.backend=compile"),
         (dict(peephole_gates="xyz"), "peephole_gates"),
         (dict(coupled=True, input_gate=False), "coupled"),
     ],
@@ -78,6 +79,32 @@ def test_arch_selects_the_network_and_variant_overrides_options():
 def test_invalid_model_options_name_the_key(overrides, message):
     with pytest.raises(ModelConfigError, match=message):
         recurrent_network(model_cfg(**overrides), 3)
+
+
+def test_compile_compiles_the_whole_model_in_place():
+    """model.compile=true: the network through torch.compile (inductor, dynamic shapes), the same losses and
+    gradients as the uncompiled model, the same parameter names (checkpoints load either way), and one
+    graph for new lengths and batch sizes."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    plain = SequenceModel(spec("seq2seq"), model_cfg())
+    compiled = SequenceModel(spec("seq2seq"), model_cfg(compile=True))
+    compiled.load_state_dict(plain.state_dict())
+    assert list(compiled.state_dict()) == list(plain.state_dict())
+    for m in (plain, compiled):
+        m.log = m.log_dict = lambda *a, **k: None  # no Trainer attached; logging is tested by the training runs
+    for batch, steps in [(4, 7), (6, 12)]:
+        x, y = torch.randn(batch, steps, 3), torch.randn(batch, steps, 2)
+        losses = [m.training_step((x, y), 0) for m in (plain, compiled)]
+        torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+        grads = [torch.autograd.grad(loss, list(m.parameters())) for loss, m in zip(losses, (plain, compiled))]
+        for g, w in zip(*grads[::-1]):
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+    assert counters["stats"]["unique_graphs"] == 1
+    torch._dynamo.reset()
 
 
 def test_lm_rejects_bidirectional():

@@ -1,8 +1,8 @@
 """The fused backend: one autograd node per (layer, direction) for the whole sequence.
 
 The eager backend records ~15 autograd nodes per time step, and on small shapes its cost is the
-per-op dispatch, not the arithmetic. Here a custom ``torch.autograd.Function`` runs the whole
-recurrence and a hand-written BPTT backward:
+per-op dispatch, not the arithmetic. Here one operator (nn/ops.py) runs the whole recurrence,
+with a hand-written BPTT backward as its autograd formula:
 
 * the input projection W_ih x_t + b for all steps is one GEMM before the loop (done by the layer, so
   autograd turns its gradient into one GEMM for dx and one for dW_ih over all T*B rows);
@@ -77,106 +77,67 @@ def kernel_name(device: torch.device, dtype: Optional[torch.dtype] = None) -> st
     return "fused-torch"
 
 
-def _config(opts: CellOptions) -> Tuple[List[int], List[bool], float, float]:
+def config(opts: CellOptions) -> Tuple[List[int], List[bool], float, float]:
     """step_flags regrouped as the kernels take them: (layout, [full, current, coupled, act_in, act_out],
     cell_clip, zoneout); training does not matter here, the fused path never draws zoneout masks."""
     idx, *flags, clip, zoneout, _ = step_flags(opts, False)
     return idx, flags, clip, zoneout
 
 
-def fused_sequence(
-    xz: Tensor, h0: Tensor, c0: Tensor, lengths: Optional[Tensor], weights: tuple, opts: CellOptions
-) -> Tuple[Tensor, Tensor, Tensor]:
-    """Like functional.lstm_sequence for options `unsupported` accepts (zoneout as in eval mode).
-    `weights` are the layer's STEP_WEIGHTS. Returns (output (T, B, out), h_T, c_T)."""
-    w_hh, w_ch, _, w_hr = weights[:4]
-    if lengths is not None:
-        lengths = lengths.to(device=xz.device, dtype=torch.int64)
-    device = xz.device.type
-    if torch.is_autocast_enabled(device):
-        # What autocast does to nn.LSTM: the whole recurrence in the autocast dtype. The kernels take one
-        # dtype, and autocast does not reach inside a Function; the casts are differentiable ops.
-        dtype = torch.get_autocast_dtype(device)
-        xz, h0, c0, w_hh, w_ch, w_hr = (None if t is None else t.to(dtype) for t in (xz, h0, c0, w_hh, w_ch, w_hr))
-        with torch.autocast(device, enabled=False):
-            return _Sequence.apply(xz, h0, c0, w_hh, w_ch, w_hr, lengths, opts)
-    return _Sequence.apply(xz, h0, c0, w_hh, w_ch, w_hr, lengths, opts)
+def keeps_pre_clip_cell(clip: float, zoneout: float) -> bool:
+    """Whether the forward returns the cell before clipping and zoneout (the backward needs it only then:
+    otherwise it is the carried cell state of the live rows)."""
+    return clip > 0 or zoneout > 0
 
 
-def _eager_sequence(xz, h0, c0, w_hh, w_ch, w_hr, lengths, opts: CellOptions):
-    """The same sequence through the eager per-step loop: differentiable to any order."""
-    weights = (w_hh, w_ch, None, w_hr, None, None, None, None)
-    gates0 = xz.new_zeros(xz.shape[1], 0)
-    out, h, c, _ = lstm_sequence(lstm_step, xz, h0, c0, gates0, lengths, weights, step_flags(opts, False))
-    return out, h, c
+def forward(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout):
+    """The forward of the kernel for xz's device (`kernel_name`), normalised to fresh (unaliased) tensors:
+    (output, h_T, c_T, and for the backward: hs, cs, gate activations, the pre-clip cell (empty unless
+    kept) and the projection's inputs (empty without a projection)). Both kernels save the same layout, so
+    either backward reads either forward's tensors."""
+    if kernel_name(xz.device, xz.dtype) == "fused-cpp":
+        out, hs, cs, acts, cn, rs = _fused_cpu.forward(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout)
+    else:
+        out, hs, cs, acts, cn, rs = _forward_torch(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout)
+        if lengths is None:
+            out = out.clone()  # a view of hs
+        if not keeps_pre_clip_cell(clip, zoneout):
+            cn = None
+    # Absent ones as empty tensors (an operator returns tensors), each its own: outputs may not alias.
+    return (out, hs[-1].clone(), cs[-1].clone(), hs, cs, acts, xz.new_empty(0) if cn is None else cn,
+            xz.new_empty(0) if rs is None else rs)
 
 
-class _Sequence(torch.autograd.Function):
-    """Forward and first-order backward by the hand-written kernels. The hand-written backward is not
-    itself differentiable, so when autograd asks for a graph of the gradient (create_graph=True: gradient
-    penalties, Hessian-vector products, gradgradcheck) the backward instead recomputes the sequence with
-    the eager ops and differentiates that: slower, but exact to any order, and first-order training
-    never pays for it."""
-
-    @staticmethod
-    def forward(ctx, xz, h0, c0, w_hh, w_ch, w_hr, lengths, opts):
-        idx, flags, clip, zoneout = _config(opts)
-        use_cpp = kernel_name(xz.device, xz.dtype) == "fused-cpp"
-        run = _fused_cpu.forward if use_cpp else _forward_torch
-        out, hs, cs, acts, cn, rs = run(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout)
-        ctx.opts, ctx.use_cpp = opts, use_cpp
-        # The inputs are saved for the double-backward recompute only: no copy, they exist anyway.
-        ctx.save_for_backward(hs, cs, acts, cn, rs, w_hh, w_ch, w_hr, lengths, xz, h0, c0)
-        # Fresh tensors, not views of the saved states: users may modify the outputs in place.
-        if not use_cpp and lengths is None:
-            out = out.clone()
-        return out, hs[-1].clone(), cs[-1].clone()
-
-    @staticmethod
-    def backward(ctx, grad_out, grad_hn, grad_cn):
-        hs, cs, acts, cn, rs, w_hh, w_ch, w_hr, lengths, xz, h0, c0 = ctx.saved_tensors
-        # create_graph=True wants a differentiable backward; batched gradients (vmap over the backward:
-        # gradcheck's batched check, jacobian(vectorize=True)) need plain ops, as the C++ kernel reads raw
-        # memory and the twin writes batched rows into an unbatched buffer.
-        if torch.is_grad_enabled() or _batched(grad_out, grad_hn, grad_cn):
-            return _differentiable_backward(ctx, (xz, h0, c0, w_hh, w_ch, w_hr), lengths, grad_out, grad_hn, grad_cn)
-        idx, flags, clip, zoneout = _config(ctx.opts)
-        run = _fused_cpu.backward if ctx.use_cpp else _backward_torch
-        dxz, dh0, dc0, dw_hh, dw_ch, dw_hr = run(
-            grad_out, grad_hn, grad_cn, hs, cs, acts, cn, rs, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout
-        )
-        return dxz, dh0, dc0, dw_hh, dw_ch, dw_hr, None, None
+def backward(grad_out, grad_hn, grad_cn, hs, cs, acts, cn, rs, w_hh, w_ch, w_hr, lengths, idx, flags, clip,
+             zoneout):
+    """The backward of the kernel for the saved tensors' device: (d xz, d h0, d c0, d w_hh, d w_ch, d w_hr),
+    None for absent weights. Incoming gradients may be None (outputs nobody used)."""
+    cn = cn if cn.numel() else None
+    rs = rs if rs.numel() else None
+    run = _fused_cpu.backward if kernel_name(acts.device, acts.dtype) == "fused-cpp" else _backward_torch
+    return run(grad_out, grad_hn, grad_cn, hs, cs, acts, cn, rs, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout)
 
 
-def _batched(*grads) -> bool:
+def batched(*grads) -> bool:
+    """Whether any incoming gradient is a vmap-batched tensor (gradcheck's batched check,
+    jacobian(vectorize=True)): those need the plain ops, as the C++ kernel reads raw memory and the twin
+    writes batched rows into an unbatched buffer."""
     ft = torch._C._functorch  # torch.func's vmap, and the legacy vmap that autograd's is_grads_batched uses
     return any(g is not None and (ft.is_batchedtensor(g) or ft.is_legacy_batchedtensor(g)) for g in grads)
 
 
 def under_functorch() -> bool:
     """Whether a torch.func transform (grad, vjp, jacrev, vmap, ...) is tracing: its wrapped tensors
-    cannot enter the kernels, and the Function has no functorch rules; the eager ops have."""
+    cannot enter the kernels, and the operator has no functorch rules; the eager ops have."""
     return torch._C._functorch.peek_interpreter_stack() is not None
 
 
-def _differentiable_backward(ctx, inputs, lengths, grad_out, grad_hn, grad_cn):
-    """The vector-Jacobian product of the eager recomputation, built as a graph (of the saved inputs and
-    of the incoming gradients) so that autograd can differentiate it again."""
-    wanted = [i for i, need in enumerate(ctx.needs_input_grad[:6]) if need]
-    with torch.enable_grad():
-        # Detached leaves stand in for inputs that need no gradient, so the recompute never reaches into
-        # (or accumulates into) graphs the caller did not ask about.
-        args = [x if k in wanted else (None if x is None else x.detach()) for k, x in enumerate(inputs)]
-        outs = _eager_sequence(*args, lengths, ctx.opts)
-        pairs = [(o, g) for o, g in zip(outs, (grad_out, grad_hn, grad_cn)) if g is not None]
-        grads = torch.autograd.grad(
-            [o for o, _ in pairs], [args[k] for k in wanted], [g for _, g in pairs],
-            create_graph=True, allow_unused=True,
-        )
-    result = [None] * 8
-    for k, g in zip(wanted, grads):
-        result[k] = torch.zeros_like(inputs[k]) if g is None else g
-    return tuple(result)
+def eager_sequence(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout):
+    """The same sequence through the eager per-step loop: differentiable to any order."""
+    weights = (w_hh, w_ch, None, w_hr, None, None, None, None)
+    gates0 = xz.new_zeros(xz.shape[1], 0)
+    out, h, c, _ = lstm_sequence(lstm_step, xz, h0, c0, gates0, lengths, weights, (idx, *flags, clip, zoneout, False))
+    return out, h, c
 
 
 # --- the same algorithm in plain PyTorch ops (CUDA tensors, or no compiled kernel) -----------------
@@ -240,7 +201,10 @@ def _backward_torch(grad_out, grad_hn, grad_cn, hs, cs, acts, cn, rs, w_hh, w_ch
     dc = grad_cn if grad_cn is not None else torch.zeros_like(cs[0])
     dZ = torch.empty_like(acts)
     dhns = [None] * T
-    c_news = cn.clamp(-clip, clip) if clip > 0 else cn
+    if cn is None:  # no clip, no zoneout: the new cell is the carried state (padded rows get no gradient)
+        c_news = cs[1:]
+    else:
+        c_news = cn.clamp(-clip, clip) if clip > 0 else cn
     for t in range(T - 1, -1, -1):
         g_out = grad_out[t] if grad_out is not None else torch.zeros_like(dh)
         g_h = dh + g_out

@@ -14,7 +14,7 @@ from peephole_lstm.nn.cell import (
     INPUT_WEIGHTS, PARAMETER_NAMES, STEP_WEIGHTS, _check_dtype, make_parameters, reset_parameters, step_flags,
 )
 from peephole_lstm.nn.functional import input_projection, lstm_sequence, lstm_step, reverse_padded
-from peephole_lstm.nn import fused
+from peephole_lstm.nn import fused, onnx_export, ops
 from peephole_lstm.nn.errors import InputError
 from peephole_lstm.nn.options import BACKENDS, CellOptions, _choice, _flag, _size
 
@@ -307,27 +307,32 @@ class PeepholeLSTM(nn.Module):
 
     def _path(self, opts: CellOptions, device: torch.device, dtype: Optional[torch.dtype] = None) -> str:
         """Which implementation runs a layer: "fused-cpp" / "fused-torch" (see nn/fused.py), "eager",
-        "script" or "compile", with the reason in parentheses when the fused path was not taken."""
+        "script" or "compile", with the reason in parentheses when the fused path was not taken; under
+        torch.onnx.export "onnx-lstm" or "onnx-scan (reason)" (see nn/onnx_export.py)."""
+        if torch.onnx.is_in_onnx_export():
+            reason = onnx_export.unsupported(opts)
+            return "onnx-lstm" if reason is None else f"onnx-scan ({reason})"
         if self.backend not in ("auto", "fused"):
             return self.backend
-        if torch.compiler.is_compiling():
-            # torch.compile / torch.export trace the plain ops; the custom kernel is opaque to them.
-            return "eager (tracing)"
-        if fused.under_functorch():
+        if not torch.compiler.is_compiling() and fused.under_functorch():
+            # (Tracers see the operator, whatever dynamo's view of the functorch stack.)
             return "eager (torch.func transform)"
         reason = fused.unsupported(opts, self.training)
         if reason is None:
+            # Also under torch.compile / torch.export: the kernels are operators (nn/ops.py) they keep
+            # as one node per layer and direction.
             return fused.kernel_name(device, dtype)
-        if self.backend == "fused" and reason not in self._warned:
+        if self.backend == "fused" and reason not in self._warned and not torch.compiler.is_compiling():
             self._warned.add(reason)
             warnings.warn(f"PeepholeLSTM(backend='fused'): {reason} is not supported by the fused kernel; "
                           "running the eager per-step loop for it")
         return f"eager ({reason})"
 
     @torch.jit.unused  # TorchScript compiles _scripted_forward instead (see forward)
-    def _forward(self, input, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
-        lengths = None
+    def _forward(self, input, hx: Optional[Tuple[Tensor, Tensor]] = None, lengths: Optional[Tensor] = None):
         if isinstance(input, PackedSequence):
+            if lengths is not None:
+                raise InputError("PeepholeLSTM: a PackedSequence carries its own lengths; do not also pass lengths=")
             packed = input
             if packed.data.shape[-1] != self.input_size:
                 raise InputError(
@@ -338,11 +343,14 @@ class PeepholeLSTM(nn.Module):
             x, lengths = pad_packed_sequence(packed)  # original batch order, as hx is given
             batched = True
         else:
+            packed = None
             self._check_input(input)
             batched = input.dim() == 3
             x = input if batched else input.unsqueeze(1)
             if batched and self.batch_first:
                 x = x.transpose(0, 1)
+            if lengths is not None:
+                self._check_lengths(lengths, x, batched)
         h0, c0 = self._initial_state(x, hx, batched)
         if lengths is not None:
             lengths = lengths.to(x.device)
@@ -351,31 +359,17 @@ class PeepholeLSTM(nn.Module):
         for layer, opts in enumerate(self.options):
             path = self._path(opts, x.device, x.dtype)
             paths.append(path)
-            step = _step_function("eager" if path.startswith(("fused", "eager")) else path)
-            flags = step_flags(opts, self.training)
-            gates0 = x.new_zeros(x.shape[1], len(opts.gate_names) * opts.hidden_size if opts.gate_recurrence else 0)
-            outputs = []
-            for direction in range(self.num_directions):
-                j = layer * self.num_directions + direction
-                xz = input_projection(x, *self._weights(INPUT_WEIGHTS, layer, direction))
-                if direction:
-                    xz = reverse_padded(xz, lengths)
-                weights = self._weights(STEP_WEIGHTS, layer, direction)
-                if path.startswith("fused"):
-                    out, h, c = fused.fused_sequence(xz, h0[j], c0[j], lengths, weights, opts)
-                else:
-                    out, h, c, _ = lstm_sequence(step, xz, h0[j], c0[j], gates0, lengths, weights, flags)
-                outputs.append(reverse_padded(out, lengths) if direction else out)
-                h_n.append(h)
-                c_n.append(c)
-            x = outputs[0] if len(outputs) == 1 else torch.cat(outputs, -1)
+            if path == "onnx-lstm":  # both directions in one node of ONNX's own LSTM operator
+                x = self._onnx_layer(layer, opts, x, h0, c0, lengths, h_n, c_n)
+            else:
+                x = self._layer(layer, opts, path, x, h0, c0, lengths, h_n, c_n)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, training=True)
 
         if not torch.compiler.is_compiling():
             self.last_path = paths[0] if len(set(paths)) == 1 else ", ".join(paths)
         h_n, c_n = torch.stack(h_n), torch.stack(c_n)
-        if lengths is not None:
+        if packed is not None:
             return _repack(x, packed), (h_n, c_n)
         if not batched:
             return x.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
@@ -383,11 +377,75 @@ class PeepholeLSTM(nn.Module):
             x = x.transpose(0, 1)
         return x, (h_n, c_n)
 
-    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
-        # `input` may also be a PackedSequence (then so is the output); TorchScript sees the Tensor form.
+    def _check_lengths(self, lengths: Tensor, x: Tensor, batched: bool) -> None:
+        if not batched:
+            raise InputError("PeepholeLSTM: lengths= needs a batched input (one length per sequence)")
+        if not isinstance(lengths, Tensor) or lengths.dim() != 1 or lengths.shape[0] != x.shape[1] \
+                or lengths.is_floating_point() or lengths.is_complex():
+            raise InputError(
+                f"PeepholeLSTM: lengths= must be an integer tensor of shape ({x.shape[1]},), one length per "
+                f"sequence, got {lengths.dtype if isinstance(lengths, Tensor) else type(lengths).__name__} "
+                f"of shape {list(lengths.shape) if isinstance(lengths, Tensor) else '-'}"
+            )
+        # Checking the values reads them: not while tracing, where they are unknown.
+        if not torch.compiler.is_compiling() and bool(((lengths < 0) | (lengths > x.shape[0])).any()):
+            raise InputError(
+                f"PeepholeLSTM: lengths= must lie in [0, {x.shape[0]}] (the padded length), got {lengths.tolist()}"
+            )
+
+    def _layer(self, layer: int, opts: CellOptions, path: str, x: Tensor, h0: Tensor, c0: Tensor,
+               lengths: Optional[Tensor], h_n: list, c_n: list) -> Tensor:
+        """One layer, both directions, on `path`; appends the final states to h_n and c_n."""
+        is_fused = path.startswith("fused")
+        if not is_fused:
+            if path.startswith("onnx-scan"):
+                sequence = onnx_export.scan_sequence
+            else:
+                # (Only here: under torch.compile, asking the cache for a step function on the fused
+                # path would only make dynamo warn about tracing through functools.cache.)
+                sequence = functools.partial(lstm_sequence, _step_function(path.split(" ")[0]))
+            flags = step_flags(opts, self.training)
+            gates0 = x.new_zeros(x.shape[1], len(opts.gate_names) * opts.hidden_size if opts.gate_recurrence else 0)
+        outputs = []
+        for direction in range(self.num_directions):
+            j = layer * self.num_directions + direction
+            xz = input_projection(x, *self._weights(INPUT_WEIGHTS, layer, direction))
+            if direction:
+                xz = reverse_padded(xz, lengths)
+            weights = self._weights(STEP_WEIGHTS, layer, direction)
+            if is_fused:
+                out, h, c = ops.fused_sequence(xz, h0[j], c0[j], lengths, weights, opts)
+            else:
+                out, h, c, _ = sequence(xz, h0[j], c0[j], gates0, lengths, weights, flags)
+            outputs.append(reverse_padded(out, lengths) if direction else out)
+            h_n.append(h)
+            c_n.append(c)
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, -1)
+
+    def _onnx_layer(self, layer: int, opts: CellOptions, x: Tensor, h0: Tensor, c0: Tensor,
+                    lengths: Optional[Tensor], h_n: list, c_n: list) -> Tensor:
+        """One layer as one node of ONNX's LSTM operator, under torch.onnx.export (nn/onnx_export.py)."""
+        names = INPUT_WEIGHTS + STEP_WEIGHTS
+        weights = [dict(zip(names, self._weights(names, layer, d))) for d in range(self.num_directions)]
+        states = slice(layer * self.num_directions, (layer + 1) * self.num_directions)
+        x, h, c = onnx_export.lstm_layer(x, h0[states], c0[states], lengths, weights, opts)
+        h_n.extend(h.unbind(0))
+        c_n.extend(c.unbind(0))
+        return x
+
+    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None,
+                lengths: Optional[Tensor] = None) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+        """nn.LSTM's forward. `input` may also be a PackedSequence (then so is the output). `lengths` (B,)
+        is the other way to give sequences of different lengths: a padded batched `input` plus each
+        sequence's length gives the padded output (zeros after each length) and the final states at each
+        length, as packing would; unlike a PackedSequence it also traces (torch.export, and ONNX's
+        `sequence_lens`). TorchScript sees the Tensor form without `lengths` (TorchScript has no
+        keyword-only arguments, so `lengths` is also the third positional one)."""
         if torch.jit.is_scripting():
+            if lengths is not None:
+                raise InputError("PeepholeLSTM: lengths= is not supported by the scripted module")
             return self._scripted_forward(input, hx)
-        return self._forward(input, hx)
+        return self._forward(input, hx, lengths)
 
     # --- TorchScript ---------------------------------------------------------------------------------
     # torch.jit.script(lstm) compiles `forward`, which then runs _scripted_forward: the per-step loop of

@@ -59,9 +59,9 @@ def recurrent_network(cfg: dict, input_size: int) -> nn.Module:
             )
         if cfg.get("variant") is not None:
             raise ModelConfigError(f"model.variant={cfg['variant']} needs model.arch=peephole (got arch={arch})")
-        if cfg["compile"] or cfg["backend"] != "auto":
+        if cfg["backend"] != "auto":
             raise ModelConfigError(
-                f"model.compile / model.backend select PeepholeLSTM kernels; arch={arch} uses torch's own kernels"
+                f"model.backend selects PeepholeLSTM kernels; arch={arch} uses torch's own kernels"
             )
         if arch == "lstm":
             return nn.LSTM(**common, proj_size=cfg["proj_size"])
@@ -76,10 +76,11 @@ def recurrent_network(cfg: dict, input_size: int) -> nn.Module:
             warnings.warn(f"model.variant={cfg['variant']} sets its own options; ignoring {', '.join(ignored)}")
         options.update(preset)
     backend = cfg["backend"]
-    if cfg["compile"]:
-        if backend not in ("auto", "compile"):
-            raise ModelConfigError(f"model.compile=true conflicts with model.backend={backend}")
-        backend = "compile"
+    if cfg["compile"] and backend not in ("auto", "fused"):
+        raise ModelConfigError(
+            f"model.compile=true compiles the whole network, each layer one operator (model.backend=auto or "
+            f"fused); model.backend={backend} runs a per-step loop, which the compiled graph would unroll"
+        )
     try:
         return PeepholeLSTM(**common, **options, backend=backend)
     except ValueError as e:
@@ -134,6 +135,11 @@ class SequenceModel(pl.LightningModule):
                                     compute_groups=False)
             for stage in ("val", "test")
         }) if timing else None
+        if model["compile"]:
+            # The whole network (embedding, recurrent layers as one operator each, head) through
+            # torch.compile, in place so that parameter names and checkpoints stay those of the
+            # uncompiled model; dynamic shapes, so a new sequence length or batch size reuses the graph.
+            self.compile(dynamic=True)
 
     def _metrics(self) -> MetricCollection:
         if self.task in ("forecast", "seq2seq"):

@@ -59,7 +59,7 @@ class ModelConfig:
     layer_norm: bool = False
     zoneout: float = 0.0
     backend: Backend = Backend.auto
-    compile: bool = False  # shorthand for backend=compile: torch.compile of the per-step kernel
+    compile: bool = False  # torch.compile the whole network (docs/export.md says when it pays off)
     # task heads
     embedding_dim: int = 32  # lm: character embedding size
     head_dropout: float = 0.0  # dropout on the recurrent features before the output layer

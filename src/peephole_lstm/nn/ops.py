@@ -1,0 +1,177 @@
+"""The fused sequence kernels as PyTorch operators, so torch.compile and torch.export see one node each.
+
+    peephole_lstm::sequence_forward(xz, h0, c0, w_hh, w_ch?, w_hr?, lengths?, idx, flags, clip, zoneout)
+        -> (output, h_T, c_T, hs, cs, acts, cn, rs)
+    peephole_lstm::sequence_backward(grad_out?, grad_hn?, grad_cn?, hs, cs, acts, cn, rs, w_hh, w_ch?,
+                                     w_hr?, lengths?, idx, flags, clip, zoneout)
+        -> (d xz, d h0, d c0, d w_hh, d w_ch, d w_hr)
+
+`xz` is the input projection of the whole sequence (T, B, G*H); idx, flags, clip and zoneout are
+`fused.config(options)`. The last five outputs of the forward are what its backward reads (states,
+gate activations, the cell before clipping/zoneout and the projection's inputs; the last two are empty
+tensors when the options do not need them): an operator's autograd formula only sees its inputs and
+outputs, so they are outputs, marked non-differentiable. An absent w_ch / w_hr gets an empty gradient.
+
+Kernels: the C++ kernel for CPU tensors (when built and enabled, see fused.set_extension_enabled), the
+pure-PyTorch twin for every other device. The fake (meta) kernels give the shapes from the inputs',
+symbolic T and B included, so one compiled or exported graph serves every length and batch size.
+
+Autograd: first-order gradients run the backward operator (the hand-written BPTT). That backward is not
+itself differentiable, so when a graph of the gradient is requested (create_graph=True: gradient
+penalties, Hessian-vector products) the formula recomputes the sequence with the eager ops and returns
+their vector-Jacobian product as a graph instead: exact to any order, and first-order training never
+pays for it. (A torch.compile'd training step traces the first-order formula; double backward through
+a compiled graph is a torch.compile limitation, not this operator's.)
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from peephole_lstm.nn import fused
+from peephole_lstm.nn.options import CellOptions
+
+_OUT8 = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
+_OUT6 = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
+
+
+def fused_sequence(
+    xz: Tensor, h0: Tensor, c0: Tensor, lengths: Optional[Tensor], weights: tuple, opts: CellOptions
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Like functional.lstm_sequence for options `fused.unsupported` accepts (zoneout as in eval mode).
+    `weights` are the layer's STEP_WEIGHTS. Returns (output (T, B, out), h_T, c_T).
+
+    Under a tracer (torch.compile, torch.export, torch.jit.trace) this is one call of the operator
+    peephole_lstm::sequence_forward. Eager code runs the same kernels and the same autograd formula
+    through `_EagerSequence`, which skips the dispatcher's two Python round trips per call (the
+    operator's entry, then its kernel; ~0.3 ms more per training step, measured at small shapes)."""
+    w_hh, w_ch, _, w_hr = weights[:4]
+    if lengths is not None:
+        lengths = lengths.to(device=xz.device, dtype=torch.int64)
+    idx, flags, clip, zoneout = fused.config(opts)
+    device = xz.device.type
+    if torch.is_autocast_enabled(device):
+        # What autocast does to nn.LSTM: the whole recurrence in the autocast dtype. The kernels take one
+        # dtype, and autocast does not reach inside an operator; the casts are differentiable ops.
+        dtype = torch.get_autocast_dtype(device)
+        xz, h0, c0, w_hh, w_ch, w_hr = (None if t is None else t.to(dtype) for t in (xz, h0, c0, w_hh, w_ch, w_hr))
+        with torch.autocast(device, enabled=False):
+            return _run(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout)
+    return _run(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout)
+
+
+def _run(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout) -> Tuple[Tensor, Tensor, Tensor]:
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        run = torch.ops.peephole_lstm.sequence_forward
+    else:
+        run = _EagerSequence.apply
+    out, h, c, *_ = run(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout)
+    return out, h, c
+
+
+@torch.library.custom_op("peephole_lstm::sequence_forward", mutates_args=())
+def sequence_forward(
+    xz: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_ch: Optional[Tensor], w_hr: Optional[Tensor],
+    lengths: Optional[Tensor], idx: List[int], flags: List[bool], clip: float, zoneout: float,
+) -> _OUT8:
+    # Every device: fused.forward runs the C++ kernel for CPU tensors and the PyTorch twin for the rest.
+    return fused.forward(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout)
+
+
+@sequence_forward.register_fake
+def _sequence_forward_fake(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout):
+    T, B, GH = xz.shape
+    P, H = h0.shape[-1], c0.shape[-1]
+    new = xz.new_empty
+    cn = new(T, B, H) if fused.keeps_pre_clip_cell(clip, zoneout) else new(0)
+    rs = new(T, B, H) if w_hr is not None else new(0)
+    return new(T, B, P), new(B, P), new(B, H), new(T + 1, B, P), new(T + 1, B, H), new(T, B, GH), cn, rs
+
+
+@torch.library.custom_op("peephole_lstm::sequence_backward", mutates_args=())
+def sequence_backward(
+    grad_out: Optional[Tensor], grad_hn: Optional[Tensor], grad_cn: Optional[Tensor], hs: Tensor, cs: Tensor,
+    acts: Tensor, cn: Tensor, rs: Tensor, w_hh: Tensor, w_ch: Optional[Tensor], w_hr: Optional[Tensor],
+    lengths: Optional[Tensor], idx: List[int], flags: List[bool], clip: float, zoneout: float,
+) -> _OUT6:
+    dxz, dh0, dc0, dw_hh, dw_ch, dw_hr = fused.backward(grad_out, grad_hn, grad_cn, hs, cs, acts, cn, rs, w_hh,
+                                                        w_ch, w_hr, lengths, idx, flags, clip, zoneout)
+    empty = acts.new_empty  # an operator returns tensors: empty ones for the absent weights
+    return dxz, dh0, dc0, dw_hh, empty(0) if dw_ch is None else dw_ch, empty(0) if dw_hr is None else dw_hr
+
+
+@sequence_backward.register_fake
+def _sequence_backward_fake(grad_out, grad_hn, grad_cn, hs, cs, acts, cn, rs, w_hh, w_ch, w_hr, lengths, idx,
+                            flags, clip, zoneout):
+    empty = acts.new_empty
+    return (torch.empty_like(acts), hs.new_empty(hs.shape[1:]), cs.new_empty(cs.shape[1:]), torch.empty_like(w_hh),
+            empty(0) if w_ch is None else torch.empty_like(w_ch), empty(0) if w_hr is None else torch.empty_like(w_hr))
+
+
+# --- autograd: one formula for the operator and for the eager lane -----------------------------------
+
+_N_INPUTS = 11  # xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout
+
+
+def _setup_context(ctx, inputs, output):
+    xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout = inputs
+    hs, cs, acts, cn, rs = output[3:]
+    ctx.mark_non_differentiable(hs, cs, acts, cn, rs)
+    # Gradients of outputs nobody used stay None instead of zero tensors the size of the sequence.
+    ctx.set_materialize_grads(False)
+    # The inputs are saved for the double-backward recompute only: no copy, they exist anyway.
+    ctx.save_for_backward(hs, cs, acts, cn, rs, xz, h0, c0, w_hh, w_ch, w_hr, lengths)
+    ctx.config = (list(idx), list(flags), clip, zoneout)
+
+
+def _formula(ctx, grad_out, grad_hn, grad_cn, *_unused):
+    hs, cs, acts, cn, rs, xz, h0, c0, w_hh, w_ch, w_hr, lengths = ctx.saved_tensors
+    if grad_out is None and grad_hn is None and grad_cn is None:
+        return (None,) * _N_INPUTS
+    # create_graph=True wants a differentiable backward; so do vmap-batched gradients (see fused.batched).
+    if torch.is_grad_enabled() or fused.batched(grad_out, grad_hn, grad_cn):
+        return _differentiable_backward(ctx, (xz, h0, c0, w_hh, w_ch, w_hr), lengths, grad_out, grad_hn, grad_cn)
+    # The eager lane calls the kernel itself, the operator's formula the backward operator (traceable).
+    run = fused.backward if getattr(ctx, "eager_lane", False) else sequence_backward
+    dxz, dh0, dc0, dw_hh, dw_ch, dw_hr = run(grad_out, grad_hn, grad_cn, hs, cs, acts, cn, rs, w_hh, w_ch, w_hr,
+                                             lengths, *ctx.config)
+    return (dxz, dh0, dc0, dw_hh, dw_ch if w_ch is not None else None, dw_hr if w_hr is not None else None,
+            None, None, None, None, None)
+
+
+def _differentiable_backward(ctx, inputs: Sequence[Optional[Tensor]], lengths, grad_out, grad_hn, grad_cn):
+    """The vector-Jacobian product of the eager recomputation, built as a graph (of the saved inputs and
+    of the incoming gradients) so that autograd can differentiate it again."""
+    wanted = [i for i, need in enumerate(ctx.needs_input_grad[:6]) if need]
+    with torch.enable_grad():
+        # Detached leaves stand in for inputs that need no gradient, so the recompute never reaches into
+        # (or accumulates into) graphs the caller did not ask about.
+        args = [x if k in wanted else (None if x is None else x.detach()) for k, x in enumerate(inputs)]
+        outs = fused.eager_sequence(*args, lengths, *ctx.config)
+        pairs = [(o, g) for o, g in zip(outs, (grad_out, grad_hn, grad_cn)) if g is not None]
+        grads = torch.autograd.grad(
+            [o for o, _ in pairs], [args[k] for k in wanted], [g for _, g in pairs],
+            create_graph=True, allow_unused=True,
+        )
+    result: list = [None] * _N_INPUTS
+    for k, g in zip(wanted, grads):
+        result[k] = torch.zeros_like(inputs[k]) if g is None else g
+    return tuple(result)
+
+
+sequence_forward.register_autograd(_formula, setup_context=_setup_context)
+
+
+class _EagerSequence(torch.autograd.Function):
+    """sequence_forward with its autograd formula, called directly (see fused_sequence)."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        output = fused.forward(*inputs)
+        _setup_context(ctx, inputs, output)
+        ctx.eager_lane = True
+        return output
+
+    backward = staticmethod(_formula)
