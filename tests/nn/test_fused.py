@@ -103,6 +103,56 @@ def test_fused_matches_eager_in_float64(kwargs, name):
         _assert_close(_run(fast, x, lengths), _run(slow, x, lengths), 1e-10)
 
 
+def _forward_only(lstm, x, lengths=None, hx=None):
+    inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if lengths is not None else x
+    out, (h_n, c_n) = lstm(inp, hx)
+    return [pad_packed_sequence(out)[0] if lengths is not None else out, h_n, c_n]
+
+
+@pytest.mark.parametrize("name", KERNELS)
+@pytest.mark.parametrize("kwargs", OPTIONS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+def test_inference_forward_matches_eager(kwargs, name):
+    # Without a gradient to compute the kernels keep no step's gates or states (another code path):
+    # the same numbers as the eager loop under no_grad, inference_mode and with nothing requiring grad.
+    fast, slow = _pair(kwargs)
+    x = torch.randn(6, 3, 4, dtype=torch.float64)
+    n = fast.num_layers * fast.num_directions
+    hx = (torch.randn(n, 3, fast.options[0].output_size, dtype=torch.float64), torch.randn(n, 3, 5, dtype=torch.float64))
+    lengths = torch.tensor([6, 2, 4])
+    want, want_packed = _forward_only(slow, x, hx=hx), _forward_only(slow, x, lengths)
+    frozen = make_lstm(4, 5, seed=0, backend="fused", **kwargs).requires_grad_(False)
+    with kernel(name):
+        for mode, module in ((torch.no_grad, fast), (torch.inference_mode, fast), (contextlib.nullcontext, frozen)):
+            with mode():
+                got = _forward_only(module, x, hx=hx)
+                got_packed = _forward_only(module, x, lengths)
+            assert module.last_path == ("fused-torch" if name == "torch" else "fused-cpp")
+            assert all(g.grad_fn is None for g in got)
+            _assert_close(got, want, 1e-10)
+            _assert_close(got_packed, want_packed, 1e-10)
+            # Separate tensors, as nn.LSTM returns: writing into the output leaves h_n and c_n alone.
+            states = [got[1].clone(), got[2].clone()]
+            with mode():
+                got[0].add_(1.0)
+            _assert_close(got[1:], states, 0)
+
+
+@pytest.mark.skipif(not fused.extension_available(), reason="needs the C++ kernel")
+def test_inference_keeps_no_per_step_buffers():
+    # A training forward takes its gates and states of all steps (> 1 MB here) from the kernel's buffer
+    # cache; an inference forward must not allocate them at all.
+    lstm = PeepholeLSTM(8, 128, peephole="full", proj_size=48, cell_clip=0.5).eval()
+    x = torch.randn(40, 32, 8)
+    fused.empty_cache()
+    with kernel("cpp"):
+        with torch.inference_mode():
+            lstm(x)
+        assert fused._fused_cpu.cached_bytes() == 0
+        lstm(x)[0].sum().backward()
+        assert fused._fused_cpu.cached_bytes() >= 40 * 32 * 4 * 128 * 4
+    fused.empty_cache()
+
+
 @pytest.mark.parametrize("name", KERNELS)
 def test_gradcheck(name):
     lstm = make_lstm(2, 3, seed=3, backend="fused", peephole="full", proj_size=2, cell_clip=0.8, zoneout=0.2)

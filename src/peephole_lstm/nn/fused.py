@@ -12,9 +12,14 @@ recurrence and a hand-written BPTT backward:
   gate derivatives, keeps dZ for all steps, and computes dW_hh = dZ^T H_prev, dW_hr and the
   peephole gradients as single GEMMs/reductions over all steps after the loop.
 
-Two implementations of this algorithm exist: the C++ kernel (csrc/fused_lstm.cpp, built at install,
-CPU tensors) and `_forward_torch`/`_backward_torch` below (plain PyTorch ops, used for CUDA tensors
-and when the extension is not built). Both are tested against the eager loop in float64.
+Three implementations of this algorithm exist: the C++ kernel (csrc/fused_lstm.cpp, built at install,
+CPU tensors), Triton kernels for the per-step gate math (nn/triton_kernels.py, CUDA tensors when the
+`triton` package is importable, or any tensor with backend="triton") and `_forward_torch`/
+`_backward_torch` below (plain PyTorch ops, for CUDA without Triton and when the extension is not
+built). All are tested against the eager loop in float64.
+
+Without a gradient to compute (torch.no_grad/inference_mode, or no input requiring one) the forward
+skips everything only the backward reads: no autograd node, no per-step gates or states kept.
 
 Options the fused path does not cover (layer_norm, gate_recurrence, zoneout while training) run the
 eager loop instead; `unsupported(opts, training)` says why, and the layer reports the path it ran.
@@ -36,6 +41,7 @@ except ImportError:  # a source checkout without the build, or a failed compile:
     _fused_cpu = None
 
 _use_extension = True
+KERNELS = ("fused-cpp", "fused-triton", "fused-torch")
 
 
 def extension_available() -> bool:
@@ -43,8 +49,31 @@ def extension_available() -> bool:
     return _fused_cpu is not None
 
 
+def _triton_module():
+    """nn/triton_kernels, imported on first use (it imports triton: the core library needs torch only);
+    None when the `triton` package is not installed."""
+    global _triton
+    if _triton is None:
+        try:
+            from peephole_lstm.nn import triton_kernels as module
+        except ImportError:
+            module = False
+        _triton = module
+    return _triton or None
+
+
+_triton = None
+
+
+def triton_available() -> bool:
+    """Whether the Triton kernels can run (the `triton` package imports); CUDA tensors then use them."""
+    return _triton_module() is not None
+
+
 def set_extension_enabled(enabled: bool) -> bool:
-    """Switch the C++ kernel on or off (for tests and benchmarks); returns the previous setting."""
+    """Switch the automatic choice of the compiled kernels (C++ for CPU tensors, Triton for CUDA ones) on
+    or off, for tests and benchmarks of the pure-PyTorch path; returns the previous setting.
+    backend="triton" still runs Triton."""
     global _use_extension
     previous, _use_extension = _use_extension, bool(enabled)
     return previous
@@ -68,11 +97,28 @@ def unsupported(opts: CellOptions, training: bool) -> Optional[str]:
     return None
 
 
-def kernel_name(device: torch.device) -> str:
-    """Which implementation of the fused algorithm runs for tensors on `device`."""
+def kernel_name(device: torch.device, backend: str = "auto") -> str:
+    """Which implementation of the fused algorithm (one of KERNELS) runs for tensors on `device` with
+    the layer's `backend` ("triton" forces the Triton kernels, the others choose by device)."""
+    if backend == "triton":
+        return "fused-triton"
     if device.type == "cpu" and _use_extension and _fused_cpu is not None:
         return "fused-cpp"
+    if device.type == "cuda" and _use_extension and triton_available():
+        return "fused-triton"
     return "fused-torch"
+
+
+def _kernels(kernel: str):
+    """(forward, backward) of one implementation, all with the same signature."""
+    if kernel == "fused-cpp":
+        return _fused_cpu.forward, _fused_cpu.backward
+    if kernel == "fused-triton":
+        module = _triton_module()
+        if module is None:
+            raise ImportError("backend='triton' needs the triton package: pip install 'peephole-lstm[triton]'")
+        return module.forward, module.backward
+    return _forward_torch, _backward_torch
 
 
 def _config(opts: CellOptions) -> Tuple[List[int], List[bool], float, float]:
@@ -83,14 +129,23 @@ def _config(opts: CellOptions) -> Tuple[List[int], List[bool], float, float]:
 
 
 def fused_sequence(
-    xz: Tensor, h0: Tensor, c0: Tensor, lengths: Optional[Tensor], weights: tuple, opts: CellOptions
+    xz: Tensor, h0: Tensor, c0: Tensor, lengths: Optional[Tensor], weights: tuple, opts: CellOptions,
+    kernel: Optional[str] = None,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Like functional.lstm_sequence for options `unsupported` accepts (zoneout as in eval mode).
-    `weights` are the layer's STEP_WEIGHTS. Returns (output (T, B, out), h_T, c_T)."""
+    `weights` are the layer's STEP_WEIGHTS; `kernel` one of KERNELS (default: kernel_name(xz.device)).
+    Returns (output (T, B, out), h_T, c_T)."""
     w_hh, w_ch, _, w_hr = weights[:4]
+    kernel = kernel or kernel_name(xz.device)
     if lengths is not None:
         lengths = lengths.to(device=xz.device, dtype=torch.int64)
-    return _Sequence.apply(xz, h0, c0, w_hh, w_ch, w_hr, lengths, opts)
+    tensors = (xz, h0, c0, w_hh, w_ch, w_hr)
+    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
+        # Inference: nothing will call a backward, so the kernels keep no step's gates or states.
+        idx, flags, clip, zoneout = _config(opts)
+        out, h, c = _kernels(kernel)[0](*tensors, lengths, idx, flags, clip, zoneout, needs_grad=False)
+        return out, h, c
+    return _Sequence.apply(*tensors, lengths, opts, kernel)
 
 
 def _eager_sequence(xz, h0, c0, w_hh, w_ch, w_hr, lengths, opts: CellOptions):
@@ -109,16 +164,15 @@ class _Sequence(torch.autograd.Function):
     never pays for it."""
 
     @staticmethod
-    def forward(ctx, xz, h0, c0, w_hh, w_ch, w_hr, lengths, opts):
+    def forward(ctx, xz, h0, c0, w_hh, w_ch, w_hr, lengths, opts, kernel):
         idx, flags, clip, zoneout = _config(opts)
-        use_cpp = kernel_name(xz.device) == "fused-cpp"
-        run = _fused_cpu.forward if use_cpp else _forward_torch
+        run = _kernels(kernel)[0]
         out, hs, cs, acts, cn, rs = run(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout)
-        ctx.opts, ctx.use_cpp = opts, use_cpp
+        ctx.opts, ctx.kernel = opts, kernel
         # The inputs are saved for the double-backward recompute only: no copy, they exist anyway.
         ctx.save_for_backward(hs, cs, acts, cn, rs, w_hh, w_ch, w_hr, lengths, xz, h0, c0)
         # Fresh tensors, not views of the saved states: users may modify the outputs in place.
-        if not use_cpp and lengths is None:
+        if kernel != "fused-cpp" and lengths is None:
             out = out.clone()
         return out, hs[-1].clone(), cs[-1].clone()
 
@@ -128,11 +182,11 @@ class _Sequence(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: a differentiable backward is wanted
             return _differentiable_backward(ctx, (xz, h0, c0, w_hh, w_ch, w_hr), lengths, grad_out, grad_hn, grad_cn)
         idx, flags, clip, zoneout = _config(ctx.opts)
-        run = _fused_cpu.backward if ctx.use_cpp else _backward_torch
+        run = _kernels(ctx.kernel)[1]
         dxz, dh0, dc0, dw_hh, dw_ch, dw_hr = run(
             grad_out, grad_hn, grad_cn, hs, cs, acts, cn, rs, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout
         )
-        return dxz, dh0, dc0, dw_hh, dw_ch, dw_hr, None, None
+        return dxz, dh0, dc0, dw_hh, dw_ch, dw_hr, None, None, None
 
 
 def _differentiable_backward(ctx, inputs, lengths, grad_out, grad_hn, grad_cn):
@@ -149,13 +203,13 @@ def _differentiable_backward(ctx, inputs, lengths, grad_out, grad_hn, grad_cn):
             [o for o, _ in pairs], [args[k] for k in wanted], [g for _, g in pairs],
             create_graph=True, allow_unused=True,
         )
-    result = [None] * 8
+    result = [None] * 9
     for k, g in zip(wanted, grads):
         result[k] = torch.zeros_like(inputs[k]) if g is None else g
     return tuple(result)
 
 
-# --- the same algorithm in plain PyTorch ops (CUDA tensors, or no compiled kernel) -----------------
+# --- the same algorithm in plain PyTorch ops (CUDA without Triton, or no compiled kernel) ----------
 
 
 def _blocks(z: Tensor, idx: List[int], hidden: int):
@@ -165,7 +219,8 @@ def _blocks(z: Tensor, idx: List[int], hidden: int):
     return block(0), block(1), block(2), block(3)
 
 
-def _forward_torch(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout):
+def _forward_torch(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout, needs_grad=True):
+    """(out, hs, cs, acts, cn, rs) for the backward; (out, h_T, c_T) when not needs_grad."""
     full, current, coupled, act_in, act_out = flags
     T, B, _ = xz.shape
     H = c0.shape[-1]
@@ -173,6 +228,9 @@ def _forward_torch(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zone
     acts, cns, rs, outs = [], [], [], []
     for t in range(T):
         h_prev, c_prev = hs[-1], cs[-1]
+        if not needs_grad:  # only the last state is read again: let the others go
+            hs[0], cs[0] = h_prev, c_prev
+            del hs[1:], cs[1:]
         z = torch.addmm(xz[t], h_prev, w_hh.t())
         zi, zf, zg, zo = _blocks(z, idx, H)
         one = torch.ones_like(c_prev)
@@ -195,12 +253,18 @@ def _forward_torch(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zone
             live = (lengths > t).unsqueeze(-1)
             h_new, c_new = torch.where(live, h_new, h_prev), torch.where(live, c_new, c_prev)
             outs.append(torch.where(live, h_new, torch.zeros_like(h_new)))
+        elif not needs_grad:
+            outs.append(h_new)
+        hs.append(h_new)
+        cs.append(c_new)
+        if not needs_grad:
+            continue
         gate = [i if zi is not None else None, f if zf is not None else None, g, o if zo is not None else None]
         acts.append(torch.cat([gate[k] for k in sorted(range(4), key=lambda k: idx[k]) if idx[k] >= 0], -1))
         cns.append(c_pre)
         rs.append(r)
-        hs.append(h_new)
-        cs.append(c_new)
+    if not needs_grad:
+        return torch.stack(outs), hs[-1].clone(), cs[-1].clone()
     hs, cs = torch.stack(hs), torch.stack(cs)
     out = torch.stack(outs) if lengths is not None else hs[1:]
     return out, hs, cs, torch.stack(acts), torch.stack(cns), torch.stack(rs) if w_hr is not None else None

@@ -75,6 +75,9 @@ class PeepholeLSTM(nn.Module):
                 "as in nn.LSTM"
             )
         self.backend = _choice("backend", backend, BACKENDS)
+        if backend == "triton" and not fused.triton_available():
+            raise ImportError("PeepholeLSTM(backend='triton') needs the triton package: "
+                              "pip install 'peephole-lstm[triton]'")
         self.last_path: Optional[str] = None  # the implementation the last forward ran (see _path)
         self._warned: set = set()
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
@@ -167,17 +170,17 @@ class PeepholeLSTM(nn.Module):
     def _path(self, opts: CellOptions, device: torch.device) -> str:
         """Which implementation runs a layer: "fused-cpp" / "fused-torch" (see nn/fused.py), "eager",
         "script" or "compile", with the reason in parentheses when the fused path was not taken."""
-        if self.backend not in ("auto", "fused"):
+        if self.backend not in ("auto", "fused", "triton"):
             return self.backend
         if torch.compiler.is_compiling():
             # torch.compile / torch.export trace the plain ops; the custom kernel is opaque to them.
             return "eager (tracing)"
         reason = fused.unsupported(opts, self.training)
         if reason is None:
-            return fused.kernel_name(device)
-        if self.backend == "fused" and reason not in self._warned:
+            return fused.kernel_name(device, self.backend)
+        if self.backend != "auto" and reason not in self._warned:
             self._warned.add(reason)
-            warnings.warn(f"PeepholeLSTM(backend='fused'): {reason} is not supported by the fused kernel; "
+            warnings.warn(f"PeepholeLSTM(backend={self.backend!r}): {reason} is not supported by the fused kernel; "
                           "running the eager per-step loop for it")
         return f"eager ({reason})"
 
@@ -217,7 +220,7 @@ class PeepholeLSTM(nn.Module):
                     xz = reverse_padded(xz, lengths)
                 weights = self._weights(STEP_WEIGHTS, layer, direction)
                 if path.startswith("fused"):
-                    out, h, c = fused.fused_sequence(xz, h0[j], c0[j], lengths, weights, opts)
+                    out, h, c = fused.fused_sequence(xz, h0[j], c0[j], lengths, weights, opts, kernel=path)
                 else:
                     out, h, c, _ = lstm_sequence(step, xz, h0[j], c0[j], gates0, lengths, weights, flags)
                 outputs.append(reverse_padded(out, lengths) if direction else out)

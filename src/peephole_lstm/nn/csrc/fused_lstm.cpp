@@ -409,7 +409,7 @@ void cell_grad_row(int64_t H, A clip, const S* __restrict__ F, const S* __restri
 template <typename scalar_t>
 std::vector<at::Tensor> forward_impl(const Config& k, const at::Tensor& xz, const at::Tensor& h0,
                                      const at::Tensor& c0, const at::Tensor& w_hh, const at::Tensor& w_ch,
-                                     const at::Tensor& w_hr, const at::Tensor& lengths) {
+                                     const at::Tensor& w_hr, const at::Tensor& lengths, bool keep) {
   using S = scalar_t;
   using A = at::opmath_type<scalar_t>;
   const int64_t T = xz.size(0), B = xz.size(1), GH = xz.size(2), H = c0.size(1), P = h0.size(1);
@@ -418,14 +418,30 @@ std::vector<at::Tensor> forward_impl(const Config& k, const at::Tensor& xz, cons
   const A clip = k.clip > 0 ? static_cast<A>(k.clip) : std::numeric_limits<A>::infinity();
   auto opt = xz.options();
 
-  auto hs = workspace({T + 1, B, P}, opt);  // saved for the backward, which frees them
-  auto cs = workspace({T + 1, B, H}, opt);
-  auto acts = workspace({T, B, GH}, opt);
-  auto cn = k.need_cn() ? workspace({T, B, H}, opt) : at::Tensor();
-  auto rs = proj ? workspace({T, B, H}, opt) : at::Tensor();
+  // keep: every step's gates and states, saved for the backward (which frees them). Without a
+  // backward (inference) only what the next step reads is kept: two state buffers used in turn, and
+  // one step's gates, so the memory traffic per step is the step's own, independent of T.
+  at::Tensor hs, cs, acts, cn, rs;
+  if (keep) {
+    hs = workspace({T + 1, B, P}, opt);
+    cs = workspace({T + 1, B, H}, opt);
+    acts = workspace({T, B, GH}, opt);
+    cn = k.need_cn() ? workspace({T, B, H}, opt) : at::Tensor();
+    rs = proj ? workspace({T, B, H}, opt) : at::Tensor();
+    hs[0].copy_(h0);
+    cs[0].copy_(c0);
+  } else {
+    hs = at::empty({2, B, P}, opt);
+    cs = at::empty({2, B, H}, opt);
+    acts = at::empty({1, B, GH}, opt);
+    cn = k.need_cn() ? at::empty({1, B, H}, opt) : at::Tensor();
+    rs = proj ? at::empty({1, B, H}, opt) : at::Tensor();
+  }
+  // State s (0..T) and step t's buffers: state 0 of the inference run is h0/c0 themselves (only read).
+  auto h_state = [&](int64_t s) { return keep ? hs[s] : (s == 0 ? h0 : hs[s % 2]); };
+  auto c_state = [&](int64_t s) { return keep ? cs[s] : (s == 0 ? c0 : cs[s % 2]); };
+  const int64_t slot = keep ? 1 : 0;  // step t's row of acts/cn/rs is t * slot
   auto out = at::empty({T, B, P}, opt);  // its own storage: the caller may modify it in place
-  hs[0].copy_(h0);
-  cs[0].copy_(c0);
 
   const StepGemm recurrent(w_hh, B, T);
   auto zbuf = at::empty({B, GH}, opt);
@@ -453,7 +469,7 @@ std::vector<at::Tensor> forward_impl(const Config& k, const at::Tensor& xz, cons
   const bool o_now = !k.o_full_current();
 
   for (int64_t t = 0; t < T; ++t) {
-    auto h_prev = hs[t], c_prev = cs[t];
+    const at::Tensor h_prev = h_state(t), c_prev = c_state(t);
     const auto zt = recurrent.mm(h_prev, zbuf);
     const auto pt = peep_prev ? peep_prev->mm(c_prev, pbuf) : at::Tensor();
 
@@ -461,10 +477,10 @@ std::vector<at::Tensor> forward_impl(const Config& k, const at::Tensor& xz, cons
     const S* Z = zt.data_ptr<S>();
     const S* CP = c_prev.data_ptr<S>();
     const S* PB = pt.defined() ? pt.data_ptr<S>() : nullptr;
-    S* ACT = acts.data_ptr<S>() + t * B * GH;
-    S* CN = k.need_cn() ? cn.data_ptr<S>() + t * B * H : cpre.data_ptr<S>();
+    S* ACT = acts.data_ptr<S>() + t * slot * B * GH;
+    S* CN = k.need_cn() ? cn.data_ptr<S>() + t * slot * B * H : cpre.data_ptr<S>();
     S* CT = ctmp.data_ptr<S>();
-    S* R = proj ? rs.data_ptr<S>() + t * B * H : rbuf.data_ptr<S>();
+    S* R = proj ? rs.data_ptr<S>() + t * slot * B * H : rbuf.data_ptr<S>();
     for_rows(B, GH, [&](int64_t b) {
       const S* x = X + b * GH;
       const S* zr = Z + b * GH;
@@ -522,13 +538,14 @@ std::vector<at::Tensor> forward_impl(const Config& k, const at::Tensor& xz, cons
         output_row<S, A>(H, k.act_out, o, CT + b * H, R + b * H);
       });
     }
-    if (proj) at::mm_out(hnbuf, rs[t], w_hr.t());
+    if (proj) at::mm_out(hnbuf, rs[t * slot], w_hr.t());
 
     // Carry the state: zoneout (eval) mixes with the previous state, padded steps keep it.
     const S* HN = hnbuf.data_ptr<S>();
     const S* HP = h_prev.data_ptr<S>();
-    S* HS = hs.data_ptr<S>() + (t + 1) * B * P;
-    S* CS = cs.data_ptr<S>() + (t + 1) * B * H;
+    const at::Tensor h_next = h_state(t + 1), c_next = c_state(t + 1);
+    S* HS = h_next.data_ptr<S>();
+    S* CS = c_next.data_ptr<S>();
     S* O = out.data_ptr<S>() + t * B * P;
     for_rows(B, P + H, [&](int64_t b) {
       const bool live = !len || len[b] > t;
@@ -551,6 +568,7 @@ std::vector<at::Tensor> forward_impl(const Config& k, const at::Tensor& xz, cons
       }
     });
   }
+  if (!keep) return {out, h_state(T).clone(), c_state(T).clone()};  // fresh: h0/c0 when T = 0
   return {out, hs, cs, acts, cn, rs};
 }
 
@@ -732,13 +750,13 @@ std::vector<at::Tensor> forward(const at::Tensor& xz, const at::Tensor& h0, cons
                                 const at::Tensor& w_hh, const std::optional<at::Tensor>& w_ch,
                                 const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& lengths,
                                 const std::vector<int64_t>& idx, const std::vector<bool>& flags, double clip,
-                                double zoneout) {
+                                double zoneout, bool needs_grad) {
   TORCH_CHECK(xz.device().is_cpu(), "fused_lstm extension: CPU tensors only");
   const Config k = make_config(idx, flags, clip, zoneout);
   std::vector<at::Tensor> res;
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, xz.scalar_type(), "fused_lstm_forward", [&] {
     res = forward_impl<scalar_t>(k, xz.contiguous(), h0.contiguous(), c0.contiguous(), w_hh.contiguous(),
-                                 opt_tensor(w_ch), opt_tensor(w_hr), opt_tensor(lengths));
+                                 opt_tensor(w_ch), opt_tensor(w_hr), opt_tensor(lengths), needs_grad);
   });
   return res;
 }
@@ -784,6 +802,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "up to how many multiply-adds a per-step GEMM runs on the kernel's own tiled GEMM; returns the previous value");
   m.def("set_onednn_min_macs", &set_onednn_min_macs,
         "from how many multiply-adds (B*4H*P) a float32 recurrent GEMM runs on oneDNN; returns the previous value");
-  m.def("forward", &forward, "peephole LSTM sequence forward (CPU)");
+  m.def("forward", &forward,
+        "peephole LSTM sequence forward (CPU): (out, hs, cs, acts, cn, rs) for the backward when needs_grad, "
+        "else (out, h_T, c_T) without keeping any step's gates or states",
+        py::arg("xz"), py::arg("h0"), py::arg("c0"), py::arg("w_hh"), py::arg("w_ch"), py::arg("w_hr"),
+        py::arg("lengths"), py::arg("idx"), py::arg("flags"), py::arg("clip"), py::arg("zoneout"),
+        py::arg("needs_grad") = true);
   m.def("backward", &backward, "peephole LSTM sequence backward (CPU)");
 }
