@@ -17,13 +17,17 @@ from peephole_lstm.nn import fused
 from peephole_lstm.nn.layer import _step_function
 from tests.nn.helpers import gradients, make_lstm
 
-# The C++ kernel picks per GEMM by size: its own tiled GEMM (up to 8M multiply-adds), oneDNN (bigger,
-# float32) or MKL's at::mm (the rest). "cpp-<gemm>" forces one of them for every size; "cpp" is its
-# default choice.
+# The C++ kernel picks per GEMM by size: oneDNN's brgemm (float32 up to 8M multiply-adds), its own tiled
+# GEMM (other dtypes up to 8M), oneDNN's matmul (bigger, float32) or MKL's at::mm (the rest).
+# "cpp-<gemm>" forces one of them for every size; "cpp" is its default choice.
 KERNELS = ["torch"] + (["cpp", "cpp-tiled", "cpp-mkl"] if fused.extension_available() else [])
 NEEDS_ONEDNN = pytest.mark.skipif(not fused.extension_available() or not torch.backends.mkldnn.is_available(),
                                   reason="needs the C++ kernel and a torch built with oneDNN")
-GEMM_THRESHOLDS = {"cpp": None, "cpp-tiled": (1 << 62, 1 << 62), "cpp-mkl": (-1, 1 << 62), "cpp-onednn": (-1, 0)}
+BIG = 1 << 62
+GEMM_THRESHOLDS = {  # (brgemm_max_macs, tiled_max_macs, onednn_min_macs)
+    "cpp": None, "cpp-brgemm": (BIG, -1, BIG), "cpp-tiled": (-1, BIG, BIG), "cpp-mkl": (-1, -1, BIG),
+    "cpp-onednn": (-1, -1, 0),
+}
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 OPTIONS = [
@@ -49,16 +53,15 @@ OPTIONS = [
 def kernel(name: str):
     previous = fused.set_extension_enabled(name.startswith("cpp"))
     thresholds = GEMM_THRESHOLDS.get(name)
-    if thresholds:
-        tiled_max, onednn_min = thresholds
-        thresholds = (fused._fused_cpu.set_tiled_max_macs(tiled_max), fused._fused_cpu.set_onednn_min_macs(onednn_min))
+    setters = (fused._fused_cpu.set_brgemm_max_macs, fused._fused_cpu.set_tiled_max_macs,
+               fused._fused_cpu.set_onednn_min_macs) if thresholds else ()
+    saved = [set_(value) for set_, value in zip(setters, thresholds or ())]
     try:
         yield
     finally:
         fused.set_extension_enabled(previous)
-        if thresholds:
-            fused._fused_cpu.set_tiled_max_macs(thresholds[0])
-            fused._fused_cpu.set_onednn_min_macs(thresholds[1])
+        for set_, value in zip(setters, saved):
+            set_(value)
 
 
 def _run(lstm, x, lengths=None, hx=None):
@@ -169,30 +172,37 @@ def test_gradcheck(name):
 
 
 @NEEDS_ONEDNN
+@pytest.mark.parametrize("gemm", ["cpp-onednn", "cpp-brgemm"])
 @pytest.mark.parametrize("kwargs", OPTIONS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
-def test_onednn_recurrent_gemm_matches_eager_in_float32(kwargs):
+def test_float32_gemms_match_eager(kwargs, gemm):
+    # The float32-only GEMMs, in training and in inference (where the input projection joins the
+    # recurrent GEMM, with its bias).
     fast, slow = (m.float() for m in _pair(kwargs))
     x = torch.randn(6, 3, 4)
     lengths = torch.tensor([6, 2, 4])
-    with kernel("cpp-onednn"):
+    with kernel(gemm):
         _assert_close(_run(fast, x), _run(slow, x), 2e-5)
         _assert_close(_run(fast, x, lengths), _run(slow, x, lengths), 2e-5)
+        with torch.inference_mode():
+            _assert_close(_forward_only(fast, x), _forward_only(slow, x), 2e-5)
+            _assert_close(_forward_only(fast, x, lengths), _forward_only(slow, x, lengths), 2e-5)
 
 
 @NEEDS_ONEDNN
 def test_each_gemm_implementation_really_runs():
-    # MKL sums the 64-term dot products in another order than the tiled GEMM and oneDNN: bitwise-
-    # different results show which one ran. At this size (8 x 64 @ 64 x 256) the default is the tiled
-    # GEMM in AVX-512 builds, MKL in others; forcing oneDNN also switches the tiled GEMM off, so a
-    # result unlike MKL's is oneDNN's.
+    # MKL sums the 64-term dot products in another order than the tiled GEMM, brgemm and oneDNN:
+    # bitwise-different results show which one ran. At this size (8 x 64 @ 64 x 256) the default is
+    # brgemm in float32, the tiled GEMM in float64 in AVX-512 builds, MKL in others; forcing one switches
+    # the others off, so a result unlike MKL's is the forced one's.
     tiled_max = fused._fused_cpu.set_tiled_max_macs(0)
     fused._fused_cpu.set_tiled_max_macs(tiled_max)
-    default = "cpp-tiled" if 8 * 64 * 256 <= tiled_max else "cpp-mkl"
     x = torch.randn(5, 8, 8, dtype=torch.float64)
-    for dtype in (torch.float32, torch.float64):  # oneDNN only ever takes float32
+    for dtype in (torch.float32, torch.float64):  # brgemm and oneDNN only ever take float32
+        default = "cpp-brgemm" if dtype == torch.float32 else ("cpp-tiled" if 8 * 64 * 256 <= tiled_max else "cpp-mkl")
         lstm = make_lstm(8, 64, seed=2, backend="fused").to(dtype)
         runs = {}
-        for name in ("cpp", "cpp-tiled", "cpp-mkl") + (("cpp-onednn",) if dtype == torch.float32 else ()):
+        float32_only = ("cpp-onednn", "cpp-brgemm") if dtype == torch.float32 else ()
+        for name in ("cpp", "cpp-tiled", "cpp-mkl") + float32_only:
             with kernel(name):
                 runs[name] = _run(lstm, x.to(dtype))
         assert all(torch.equal(a, b) for a, b in zip(runs["cpp"], runs[default]))

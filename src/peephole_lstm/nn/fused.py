@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from peephole_lstm.nn.cell import step_flags
-from peephole_lstm.nn.functional import _peep, lstm_sequence, lstm_step
+from peephole_lstm.nn.functional import _peep, input_projection, lstm_sequence, lstm_step
 from peephole_lstm.nn.options import CellOptions
 
 try:
@@ -128,6 +128,33 @@ def _config(opts: CellOptions) -> Tuple[List[int], List[bool], float, float]:
     return idx, flags, clip, zoneout
 
 
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def fused_layer(
+    x: Tensor, input_weights: tuple, h0: Tensor, c0: Tensor, lengths: Optional[Tensor], weights: tuple,
+    opts: CellOptions, kernel: Optional[str] = None,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """One layer direction from its input x (T, B, I): functional.input_projection, then fused_sequence.
+    `input_weights` are the layer's INPUT_WEIGHTS. Without a gradient to compute, the C++ kernel adds
+    the projection to each step's recurrent GEMM instead, so the (T, B, G*H) projection is never stored
+    (from 8 rows over all steps on: below that the concatenated weight it builds costs more)."""
+    kernel = kernel or kernel_name(x.device)
+    w_ih, b_ih, b_hh = input_weights[:3]
+    w_hh, w_ch, _, w_hr = weights[:4]
+    if (kernel == "fused-cpp" and x.shape[0] * x.shape[1] >= 8
+            and not _needs_grad(x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_ch, w_hr)):
+        idx, flags, clip, zoneout = _config(opts)
+        bias = b_ih + b_hh if b_ih is not None and b_hh is not None else None
+        if lengths is not None:
+            lengths = lengths.to(dtype=torch.int64)
+        out, h, c = _fused_cpu.forward(None, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout,
+                                       needs_grad=False, x=x, w_ih=w_ih, bias=bias)
+        return out, h, c
+    return fused_sequence(input_projection(x, *input_weights), h0, c0, lengths, weights, opts, kernel)
+
+
 def fused_sequence(
     xz: Tensor, h0: Tensor, c0: Tensor, lengths: Optional[Tensor], weights: tuple, opts: CellOptions,
     kernel: Optional[str] = None,
@@ -140,7 +167,7 @@ def fused_sequence(
     if lengths is not None:
         lengths = lengths.to(device=xz.device, dtype=torch.int64)
     tensors = (xz, h0, c0, w_hh, w_ch, w_hr)
-    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
+    if not _needs_grad(*tensors):
         # Inference: nothing will call a backward, so the kernels keep no step's gates or states.
         idx, flags, clip, zoneout = _config(opts)
         out, h, c = _kernels(kernel)[0](*tensors, lengths, idx, flags, clip, zoneout, needs_grad=False)

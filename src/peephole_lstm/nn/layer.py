@@ -215,13 +215,15 @@ class PeepholeLSTM(nn.Module):
             outputs = []
             for direction in range(self.num_directions):
                 j = layer * self.num_directions + direction
-                xz = input_projection(x, *self._weights(INPUT_WEIGHTS, layer, direction))
-                if direction:
-                    xz = reverse_padded(xz, lengths)
+                input_weights = self._weights(INPUT_WEIGHTS, layer, direction)
                 weights = self._weights(STEP_WEIGHTS, layer, direction)
-                if path.startswith("fused"):
-                    out, h, c = fused.fused_sequence(xz, h0[j], c0[j], lengths, weights, opts, kernel=path)
+                if path.startswith("fused"):  # projects x itself (inside the steps when it can)
+                    xd = reverse_padded(x, lengths) if direction else x
+                    out, h, c = fused.fused_layer(xd, input_weights, h0[j], c0[j], lengths, weights, opts, kernel=path)
                 else:
+                    xz = input_projection(x, *input_weights)
+                    if direction:
+                        xz = reverse_padded(xz, lengths)
                     out, h, c, _ = lstm_sequence(step, xz, h0[j], c0[j], gates0, lengths, weights, flags)
                 outputs.append(reverse_padded(out, lengths) if direction else out)
                 h_n.append(h)
