@@ -16,7 +16,9 @@ process. On CUDA, nn.LSTM is cuDNN's LSTM and every timing ends with torch.cuda.
 compilation included); its one-off part is the first call minus the second (the second call's own
 work grows with T, the one-off part must not). On the long shape both are also measured at T=100.
 The "stream" shape is inference with B=1, one step per call, carrying the state (ms per call), in
-every mode. GFLOP/s counts the GEMM work only (3x the forward GEMMs for a training step).
+every mode. GFLOP/s counts the GEMM work only (3x the forward GEMMs for a training step). On a loaded shared host,
+`--threads 1 --clock cpu` times with this process's CPU time, which leaves out the time other processes
+hold the core (not their effect on the caches).
 Allocator state matters: with glibc's default malloc, big buffers freed by one call come back as fresh
 pages that fault on first touch in the next (nn.LSTM's workspace does; the fused kernel keeps its
 buffers). To compare with nobody paging, run under
@@ -189,6 +191,8 @@ class Bench:
         for p in self.module.parameters():
             p.grad = None
 
+    clock = staticmethod(time.perf_counter)  # main() sets time.process_time for --clock cpu
+
     def timed(self, inner: int) -> float:
         # As timeit does: no garbage collection inside a measurement, so that the Python objects one
         # implementation leaves behind (the naive loop's many small tensors) are not paid by the next.
@@ -197,12 +201,12 @@ class Bench:
         try:
             if self.cuda:
                 torch.cuda.synchronize()
-            start = time.perf_counter()
+            start = self.clock()
             for _ in range(inner):
                 self.call()
             if self.cuda:
                 torch.cuda.synchronize()
-            return (time.perf_counter() - start) / inner
+            return (self.clock() - start) / inner
         finally:
             gc.enable()
 
@@ -314,6 +318,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds per shape (median is reported)")
     parser.add_argument("--min-seconds", type=float, default=0.05, help="minimum duration of one measurement")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="cpu: this process's CPU time instead of wall time, with --threads 1 only; on a "
+                             "loaded shared host it leaves out the time other processes hold the core")
     parser.add_argument("--quick", action="store_true", help="small and stream shapes, 3 rounds")
     parser.add_argument("--json", default=None, help="also write the results as JSON to this path ('-' = stdout)")
     args = parser.parse_args(argv)
@@ -333,10 +340,16 @@ def main(argv=None) -> int:
         raise SystemExit("--device cuda: no CUDA device is available to this torch")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.clock == "cpu":
+        # With several threads CPU time would add up the threads and count OpenMP's spin-waiting.
+        if torch.get_num_threads() != 1 or torch.device(args.device).type == "cuda":
+            raise SystemExit("--clock cpu needs --threads 1 and a CPU device")
+        Bench.clock = staticmethod(time.process_time)
     shapes = parse_shapes("small,stream" if args.quick else args.shapes)
     repeats = 3 if args.quick else args.repeats
 
     info = machine(args.device)
+    info["clock"] = args.clock
     rows: list[Row] = []
     for dtype in dtypes:
         for name, dims in shapes.items():

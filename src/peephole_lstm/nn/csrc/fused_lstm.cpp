@@ -2,12 +2,13 @@
 //
 // The math is the one in peephole_lstm/nn/functional.py (lstm_step); fused.py holds the same algorithm
 // in plain PyTorch for CUDA tensors and for installs without this extension, and tests compare both
-// with the eager loop. Per time step there is one recurrent GEMM (StepGemm: this file's tiled GEMM,
-// oneDNN on a prepacked weight, or MKL's at::mm, by size) and one or two hand-written pointwise loops
-// that compute every gate at once. The input projection and the weight
-// gradients are not done here: the caller projects all steps in one GEMM beforehand,
-// and the backward returns dZ for all steps, so dW_hh, dW_hr and the full-peephole gradients are each
-// one big GEMM after the loop (M = T*B instead of B).
+// with the eager loop. Per time step there is one recurrent GEMM (StepGemm: oneDNN's brgemm micro-kernel,
+// this file's tiled GEMM, oneDNN's matmul on a prepacked weight, or MKL's at::mm, by dtype and size) and
+// one or two hand-written pointwise loops that compute every gate at once. In training the input
+// projection and the weight gradients are not done here: the caller projects all steps in one GEMM
+// beforehand, and the backward returns dZ for all steps, so dW_hh, dW_hr and the full-peephole gradients
+// are each one big GEMM after the loop (M = T*B instead of B). Without a backward (needs_grad=false) the
+// forward keeps only what the next step reads, and may take x instead of its projection (see forward_impl).
 #include <torch/extension.h>
 
 #include <ATen/OpMathType.h>
