@@ -82,11 +82,13 @@ def test_triton_inference_matches_eager(kwargs):
 @RUNS_HERE
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
 def test_triton_half_precision_follows_float64(dtype):
-    # The gate math runs in float32 on half-precision tensors, as in the C++ kernel.
-    kwargs = dict(peephole="full", proj_size=3, cell_clip=0.5)
+    # The gate math runs in float32 on half-precision tensors, as in the C++ kernel. No cell_clip here:
+    # a cell value that rounds across the clip's bound switches its gradient off, a difference that no
+    # tolerance bounds.
+    kwargs = dict(peephole="full", proj_size=3)
     fast, _ = _pair(kwargs, dtype)
     _, reference = _pair(kwargs)  # eager, float64
-    x = torch.randn(4, 3, 4, dtype=torch.float64)
+    x = torch.randn(4, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     want = _run(reference, x)
     got = _run(fast, x.to(device=DEVICE, dtype=dtype))
     assert all(g.dtype == dtype for g in got)
