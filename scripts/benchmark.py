@@ -1,18 +1,24 @@
 #!/usr/bin/env python
-"""Training-step and streaming speed of PeepholeLSTM against torch.nn.LSTM and a naive per-step loop.
+"""Training, inference and streaming speed of PeepholeLSTM against torch.nn.LSTM and a naive loop.
 
-    python scripts/benchmark.py                       # every shape, table on stdout
+    python scripts/benchmark.py                       # every shape, training and inference, table on stdout
     python scripts/benchmark.py --shapes small,medium --repeats 9 --json results.json
     python scripts/benchmark.py --quick               # a fast look (small + stream, 3 rounds)
     python scripts/benchmark.py --shapes 4x6x3x5 --impls nn.LSTM,auto/diagonal --json -
+    python scripts/benchmark.py --modes infer --shapes medium,large
+    python scripts/benchmark.py --device cuda --dtypes float32,bfloat16,float16 --impls nn.LSTM,auto/diagonal,fused-torch/diagonal
 
-A training step is forward + backward of output.sum() over the whole sequence (float32). Each round
-times every implementation once, in rotating order, so the ratio to nn.LSTM is the median of ratios
-measured side by side in the same process. "warm-up" is the first call of a fresh module (any
+Modes: "train" is a training step, forward + backward of output.sum() over the whole sequence;
+"infer" is one forward of the whole sequence under torch.inference_mode() with the module in eval
+mode (what validation, test, predict and deployment run). Each round times every implementation once,
+in rotating order, so the ratio to nn.LSTM is the median of ratios measured side by side in the same
+process. On CUDA, nn.LSTM is cuDNN's LSTM and every timing ends with torch.cuda.synchronize(). "warm-up" is the first call of a fresh module (any
 compilation included); its one-off part is the first call minus the second (the second call's own
 work grows with T, the one-off part must not). On the long shape both are also measured at T=100.
-The "stream" shape is inference with B=1, one step per call, carrying the state (ms per call).
-GFLOP/s counts the recurrent layer's GEMM work only (3x the forward GEMMs for a training step).
+The "stream" shape is inference with B=1, one step per call, carrying the state (ms per call), in
+every mode. GFLOP/s counts the GEMM work only (3x the forward GEMMs for a training step). On a loaded shared host,
+`--threads 1 --clock cpu` times with this process's CPU time, which leaves out the time other processes
+hold the core (not their effect on the caches).
 "torch.compile/..." is torch.compile(PeepholeLSTM(...), dynamic=True) (the fused layers as operators),
 compiled cold (inductor's caches off), so its warm-up is the whole compilation; "+head" adds a per-step
 MLP head (Linear, tanh, Linear to 1) to the module, the surrounding work inductor can fuse.
@@ -50,8 +56,12 @@ SHAPES = {  # name: (B, T, input, hidden)
     "stream": (1, 200, 32, 128),  # 200 single-step calls
 }
 DEFAULT_IMPLS = ["nn.LSTM", "naive-loop", "auto/none", "auto/diagonal", "auto/full", "eager/diagonal"]
-ALL_IMPLS = DEFAULT_IMPLS + ["script/diagonal", "compile/diagonal", "fused-torch/diagonal", "torch.compile/diagonal",
-                             "auto+head/diagonal", "torch.compile+head/diagonal"]
+ALL_IMPLS = DEFAULT_IMPLS + [
+    "script/diagonal", "compile/diagonal", "fused-torch/diagonal", "torch.compile/diagonal", "auto+head/diagonal",
+    "torch.compile+head/diagonal", "triton/none", "triton/diagonal", "triton/full",
+]
+MODES = ("train", "infer")
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class NaiveLoop(nn.Module):
@@ -145,6 +155,9 @@ def gemm_flops(impl: str, batch: int, steps: int, input_size: int, hidden: int) 
 @dataclass
 class Row:
     shape: str
+    mode: str  # train | infer | stream
+    device: str
+    dtype: str
     B: int
     T: int
     input: int
@@ -162,19 +175,23 @@ class Row:
 
 
 class Bench:
-    """One implementation on one shape: a module, its input, and a timed call."""
+    """One implementation on one shape and mode: a module, its input, and a timed call."""
 
-    def __init__(self, impl: str, shape: str, dims, seed: int = 0):
+    def __init__(self, impl: str, shape: str, dims, seed: int = 0, mode: str = "train", device: str = "cpu",
+                 dtype: torch.dtype = torch.float32):
         self.impl, self.shape = impl, shape
         self.B, self.T, self.I, self.H = dims
+        self.mode = "stream" if shape == "stream" else mode
+        self.cuda = torch.device(device).type == "cuda"
         torch.manual_seed(seed)
-        self.module = make(impl, self.I, self.H)
-        self.stream = shape == "stream"
-        if self.stream:
+        self.module = make(impl, self.I, self.H).to(device=device, dtype=dtype)
+        self.stream = self.mode == "stream"
+        if self.mode != "train":
             self.module.eval()
-            self.x = torch.randn(self.T, 1, 1, self.I)
+        if self.stream:
+            self.x = torch.randn(self.T, 1, 1, self.I, device=device, dtype=dtype)
         else:
-            self.x = torch.randn(self.T, self.B, self.I)
+            self.x = torch.randn(self.T, self.B, self.I, device=device, dtype=dtype)
 
     def call(self) -> None:
         # "fused-torch/...": the pure-PyTorch implementation of the fused path, with the C++ kernel off.
@@ -193,15 +210,21 @@ class Bench:
 
     def _call(self) -> None:
         if self.stream:
-            with torch.no_grad():
+            with torch.inference_mode():
                 state = None
                 for x_t in self.x:
                     _, state = self.module(x_t, state)
+            return
+        if self.mode == "infer":
+            with torch.inference_mode():
+                self.module(self.x)
             return
         out, _ = self.module(self.x)
         out.sum().backward()
         for p in self.module.parameters():
             p.grad = None
+
+    clock = staticmethod(time.perf_counter)  # main() sets time.process_time for --clock cpu
 
     def timed(self, inner: int) -> float:
         # As timeit does: no garbage collection inside a measurement, so that the Python objects one
@@ -209,28 +232,35 @@ class Bench:
         gc.collect()
         gc.disable()
         try:
-            start = time.perf_counter()
+            if self.cuda:
+                torch.cuda.synchronize()
+            start = self.clock()
             for _ in range(inner):
                 self.call()
-            return (time.perf_counter() - start) / inner
+            if self.cuda:
+                torch.cuda.synchronize()
+            return (self.clock() - start) / inner
         finally:
             gc.enable()
 
 
-def first_calls(impl: str, shape: str, dims) -> tuple[float, float]:
+def first_calls(impl: str, shape: str, dims, **kw) -> tuple[float, float]:
     """(first call, first minus second call) of a fresh module."""
-    bench = Bench(impl, shape, dims, seed=1)
+    bench = Bench(impl, shape, dims, seed=1, **kw)
     first = bench.timed(1)
     return first, first - bench.timed(1)
 
 
-def run_shape(shape: str, dims, impls, repeats: int, min_seconds: float) -> list[Row]:
+def run_shape(shape: str, dims, impls, repeats: int, min_seconds: float, mode: str = "train", device: str = "cpu",
+              dtype: str = "float32") -> list[Row]:
     B, T, I, H = dims
-    warmups = {impl: first_calls(impl, shape, dims) for impl in impls}
+    mode = "stream" if shape == "stream" else mode
+    kw = dict(mode=mode, device=device, dtype=DTYPES[dtype])
+    warmups = {impl: first_calls(impl, shape, dims, **kw) for impl in impls}
     warm_t100 = {}
     if shape == "long":
-        warm_t100 = {impl: first_calls(impl, shape, (B, 100, I, H)) for impl in impls}
-    benches = {impl: Bench(impl, shape, dims) for impl in impls}
+        warm_t100 = {impl: first_calls(impl, shape, (B, 100, I, H), **kw) for impl in impls}
+    benches = {impl: Bench(impl, shape, dims, **kw) for impl in impls}
     for bench in benches.values():
         bench.call()
     # Enough calls per measurement that each one lasts min_seconds (timer and scheduler noise).
@@ -248,10 +278,11 @@ def run_shape(shape: str, dims, impls, repeats: int, min_seconds: float) -> list
         if reference is not None:
             ratio = statistics.median(a / b for a, b in zip(times[impl], reference))
         tokens = B * T if shape != "stream" else T
-        flops = gemm_flops(impl, B, T, I, H) * (1 if shape == "stream" else 3)
+        flops = gemm_flops(impl, B, T, I, H) * (3 if mode == "train" else 1)
         per_call = t if shape != "stream" else t / T  # stream: per single-step call
         rows.append(Row(
-            shape=shape, B=B, T=T, input=I, hidden=H, impl=impl, path=path_of(impl, benches[impl].module),
+            shape=shape, mode=mode, device=str(device), dtype=dtype, B=B, T=T, input=I, hidden=H, impl=impl,
+            path=path_of(impl, benches[impl].module),
             ms_per_step=per_call * 1e3, tokens_per_s=tokens / t, gflops=flops / t / 1e9, ratio_vs_lstm=ratio,
             warmup_s=warmups[impl][0], warmup_extra_s=warmups[impl][1],
             warmup_T100_s=warm_t100[impl][0] if warm_t100 else None,
@@ -277,7 +308,7 @@ def parse_shapes(text: str):
     return shapes
 
 
-def machine() -> dict:
+def machine(device: str = "cpu") -> dict:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -290,20 +321,22 @@ def machine() -> dict:
         "loadavg_start": os.getloadavg()[0],
         # nn.LSTM's per-call workspace page-faults or not depending on the allocator (see docs/speed.md).
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "ld_preload": os.environ.get("LD_PRELOAD", ""),
+        "gpu": torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else None,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
     }
 
 
 def table(rows: list[Row]) -> str:
-    head = (f"{'shape':<8} {'impl':<28} {'path':<24} {'ms/step':>9} {'tokens/s':>10} {'GFLOP/s':>8} {'vs LSTM':>8} "
-            f"{'warm-up s (one-off part)':>26}")
+    head = (f"{'shape':<8} {'mode':<6} {'dtype':<8} {'impl':<28} {'path':<24} {'ms/call':>9} {'tokens/s':>10} "
+            f"{'GFLOP/s':>8} {'vs LSTM':>8} {'warm-up s (one-off part)':>26}")
     lines = [head, "-" * len(head)]
     for r in rows:
         ratio = f"{r.ratio_vs_lstm:.2f}x" if r.ratio_vs_lstm is not None else "-"
         warm = f"{r.warmup_s:.3f} ({r.warmup_extra_s:+.3f})"
         if r.warmup_T100_s is not None:
             warm += f"; T=100: {r.warmup_T100_s:.3f} ({r.warmup_T100_extra_s:+.3f})"
-        lines.append(f"{r.shape:<8} {r.impl:<28} {r.path[:24]:<24} {r.ms_per_step:>9.3f} {r.tokens_per_s:>10.0f} "
-                     f"{r.gflops:>8.2f} {ratio:>8} {warm:>26}")
+        lines.append(f"{r.shape:<8} {r.mode:<6} {r.dtype:<8} {r.impl:<28} {r.path[:24]:<24} {r.ms_per_step:>9.3f} "
+                     f"{r.tokens_per_s:>10.0f} {r.gflops:>8.2f} {ratio:>8} {warm:>26}")
     return "\n".join(lines)
 
 
@@ -311,9 +344,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default=",".join(SHAPES), help="names or BxTxINPUTxHIDDEN, comma-separated")
     parser.add_argument("--impls", default=",".join(DEFAULT_IMPLS), help=f"comma-separated, from {', '.join(ALL_IMPLS)}")
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated: train (forward + backward), "
+                        "infer (forward under inference_mode); the stream shape is always inference")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (nn.LSTM is then cuDNN's)")
+    parser.add_argument("--dtypes", default="float32", help=f"comma-separated, from {', '.join(DTYPES)}")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds per shape (median is reported)")
     parser.add_argument("--min-seconds", type=float, default=0.05, help="minimum duration of one measurement")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="cpu: this process's CPU time instead of wall time, with --threads 1 only; on a "
+                             "loaded shared host it leaves out the time other processes hold the core")
     parser.add_argument("--quick", action="store_true", help="small and stream shapes, 3 rounds")
     parser.add_argument("--json", default=None, help="also write the results as JSON to this path ('-' = stdout)")
     args = parser.parse_args(argv)
@@ -323,17 +363,34 @@ def main(argv=None) -> int:
         raise SystemExit(f"--impls: unknown {bad}; choose from {', '.join(ALL_IMPLS)}")
     if args.repeats < 1:
         raise SystemExit("--repeats must be >= 1")
+    modes = [m.strip() for m in args.modes.split(",")]
+    if not modes or set(modes) - set(MODES):
+        raise SystemExit(f"--modes: choose from {', '.join(MODES)}, got {args.modes!r}")
+    dtypes = [d.strip() for d in args.dtypes.split(",")]
+    if not dtypes or set(dtypes) - set(DTYPES):
+        raise SystemExit(f"--dtypes: choose from {', '.join(DTYPES)}, got {args.dtypes!r}")
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available to this torch")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.clock == "cpu":
+        # With several threads CPU time would add up the threads and count OpenMP's spin-waiting.
+        if torch.get_num_threads() != 1 or torch.device(args.device).type == "cuda":
+            raise SystemExit("--clock cpu needs --threads 1 and a CPU device")
+        Bench.clock = staticmethod(time.process_time)
     shapes = parse_shapes("small,stream" if args.quick else args.shapes)
     repeats = 3 if args.quick else args.repeats
 
-    info = machine()
+    info = machine(args.device)
+    info["clock"] = args.clock
     rows: list[Row] = []
-    for name, dims in shapes.items():
-        rows += run_shape(name, dims, impls, repeats, args.min_seconds)
-        if args.json != "-":
-            print(table([r for r in rows if r.shape == name]), flush=True)
+    for dtype in dtypes:
+        for name, dims in shapes.items():
+            for mode in (["stream"] if name == "stream" else modes):
+                new = run_shape(name, dims, impls, repeats, args.min_seconds, mode, args.device, dtype)
+                rows += new
+                if args.json != "-":
+                    print(table(new), flush=True)
     info["loadavg_end"] = os.getloadavg()[0]
     if args.json != "-":
         print(f"\n{info}")

@@ -17,8 +17,9 @@ from .helpers import gradients, make_cell, make_lstm, weighted_sum
 pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.script.*` is deprecated:DeprecationWarning")
 
 IN, HID, T, B = 3, 4, 5, 3
-# "compile" has its own, smaller test below (each new set of static flags costs a compilation).
-FAST_BACKENDS = [b for b in BACKENDS if b not in ("eager", "compile")]
+# "compile" has its own, smaller test below (each new set of static flags costs a compilation);
+# "triton" runs CPU tensors only in Triton's interpreter, in its own session (tests/nn/test_triton.py).
+FAST_BACKENDS = [b for b in BACKENDS if b not in ("eager", "compile", "triton")]
 CASES = {
     "vanilla": dict(),
     "2layers-bi-full-proj-zoneout": dict(num_layers=2, bidirectional=True, peephole="full", proj_size=2, zoneout=0.2),

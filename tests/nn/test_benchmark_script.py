@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -18,20 +20,31 @@ def test_benchmark_json_at_a_tiny_shape():
     report = json.loads(done.stdout)
     assert report["machine"]["torch_threads"] >= 1
     rows = report["results"]
-    assert [(r["shape"], r["impl"]) for r in rows] == [(s, i) for s in ("2x4x3x5", "stream") for i in impls.split(",")]
+    runs = [("2x4x3x5", "train"), ("2x4x3x5", "infer"), ("stream", "stream")]
+    assert [(r["shape"], r["mode"], r["impl"]) for r in rows] == [(s, m, i) for s, m in runs for i in impls.split(",")]
     for r in rows:
         assert r["ms_per_step"] > 0 and r["tokens_per_s"] > 0 and r["gflops"] > 0 and r["warmup_s"] > 0
         assert r["ratio_vs_lstm"] > 0
-    by = {(r["shape"], r["impl"]): r for r in rows}
-    assert by[("2x4x3x5", "nn.LSTM")]["ratio_vs_lstm"] == 1.0
-    expected = "fused-cpp" if report["machine"]["fused_extension"] else "fused-torch"
-    assert by[("2x4x3x5", "auto/diagonal")]["path"] == expected
-    assert by[("2x4x3x5", "eager/diagonal")]["path"] == "eager"
-    assert by[("2x4x3x5", "auto+head/diagonal")]["path"] == expected
-    assert by[("stream", "auto/full")]["T"] == 200 and by[("stream", "auto/full")]["B"] == 1
+        assert r["device"] == "cpu" and r["dtype"] == "float32"
+    by = {(r["shape"], r["mode"], r["impl"]): r for r in rows}
+    for mode in ("train", "infer"):
+        assert by[("2x4x3x5", mode, "nn.LSTM")]["ratio_vs_lstm"] == 1.0
+        expected = "fused-cpp" if report["machine"]["fused_extension"] else "fused-torch"
+        assert by[("2x4x3x5", mode, "auto/diagonal")]["path"] == expected
+        assert by[("2x4x3x5", mode, "eager/diagonal")]["path"] == "eager"
+        assert by[("2x4x3x5", mode, "auto+head/diagonal")]["path"] == expected
+    # A training step does three times the forward's GEMM work.
+    train, infer = by[("2x4x3x5", "train", "auto/full")], by[("2x4x3x5", "infer", "auto/full")]
+    assert train["gflops"] * train["ms_per_step"] == pytest.approx(3 * infer["gflops"] * infer["ms_per_step"])
+    assert by[("stream", "stream", "auto/full")]["T"] == 200 and by[("stream", "stream", "auto/full")]["B"] == 1
+    assert report["machine"]["date"]
 
 
-def test_benchmark_rejects_an_unknown_shape():
-    cmd = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--shapes", "huge"]
+@pytest.mark.parametrize("args, message", [(["--shapes", "huge"], "unknown shape 'huge'"),
+                                           (["--modes", "fly"], "--modes: choose from train, infer"),
+                                           (["--dtypes", "int8"], "--dtypes: choose from")])
+def test_benchmark_rejects_bad_arguments(args, message):
+    cmd = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), *args]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert done.returncode != 0 and "unknown shape 'huge'" in done.stderr
+    assert done.returncode != 0 and message in done.stderr
+

@@ -17,13 +17,17 @@ from peephole_lstm.nn import fused
 from peephole_lstm.nn.layer import _step_function
 from tests.nn.helpers import gradients, make_lstm
 
-# The C++ kernel picks per GEMM by size: its own tiled GEMM (up to 8M multiply-adds), oneDNN (bigger,
-# float32) or MKL's at::mm (the rest). "cpp-<gemm>" forces one of them for every size; "cpp" is its
-# default choice.
+# The C++ kernel picks per GEMM by size: oneDNN's brgemm (float32 up to 8M multiply-adds), its own tiled
+# GEMM (other dtypes up to 8M), oneDNN's matmul (bigger, float32) or MKL's at::mm (the rest).
+# "cpp-<gemm>" forces one of them for every size; "cpp" is its default choice.
 KERNELS = ["torch"] + (["cpp", "cpp-tiled", "cpp-mkl"] if fused.extension_available() else [])
 NEEDS_ONEDNN = pytest.mark.skipif(not fused.extension_available() or not torch.backends.mkldnn.is_available(),
                                   reason="needs the C++ kernel and a torch built with oneDNN")
-GEMM_THRESHOLDS = {"cpp": None, "cpp-tiled": (1 << 62, 1 << 62), "cpp-mkl": (-1, 1 << 62), "cpp-onednn": (-1, 0)}
+BIG = 1 << 62
+GEMM_THRESHOLDS = {  # (brgemm_max_macs, tiled_max_macs, onednn_min_macs)
+    "cpp": None, "cpp-brgemm": (BIG, -1, BIG), "cpp-tiled": (-1, BIG, BIG), "cpp-mkl": (-1, -1, BIG),
+    "cpp-onednn": (-1, -1, 0),
+}
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 OPTIONS = [
@@ -49,16 +53,15 @@ OPTIONS = [
 def kernel(name: str):
     previous = fused.set_extension_enabled(name.startswith("cpp"))
     thresholds = GEMM_THRESHOLDS.get(name)
-    if thresholds:
-        tiled_max, onednn_min = thresholds
-        thresholds = (fused._fused_cpu.set_tiled_max_macs(tiled_max), fused._fused_cpu.set_onednn_min_macs(onednn_min))
+    setters = (fused._fused_cpu.set_brgemm_max_macs, fused._fused_cpu.set_tiled_max_macs,
+               fused._fused_cpu.set_onednn_min_macs) if thresholds else ()
+    saved = [set_(value) for set_, value in zip(setters, thresholds or ())]
     try:
         yield
     finally:
         fused.set_extension_enabled(previous)
-        if thresholds:
-            fused._fused_cpu.set_tiled_max_macs(thresholds[0])
-            fused._fused_cpu.set_onednn_min_macs(thresholds[1])
+        for set_, value in zip(setters, saved):
+            set_(value)
 
 
 def _run(lstm, x, lengths=None, hx=None):
@@ -103,6 +106,56 @@ def test_fused_matches_eager_in_float64(kwargs, name):
         _assert_close(_run(fast, x, lengths), _run(slow, x, lengths), 1e-10)
 
 
+def _forward_only(lstm, x, lengths=None, hx=None):
+    inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if lengths is not None else x
+    out, (h_n, c_n) = lstm(inp, hx)
+    return [pad_packed_sequence(out)[0] if lengths is not None else out, h_n, c_n]
+
+
+@pytest.mark.parametrize("name", KERNELS)
+@pytest.mark.parametrize("kwargs", OPTIONS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+def test_inference_forward_matches_eager(kwargs, name):
+    # Without a gradient to compute the kernels keep no step's gates or states (another code path):
+    # the same numbers as the eager loop under no_grad, inference_mode and with nothing requiring grad.
+    fast, slow = _pair(kwargs)
+    x = torch.randn(6, 3, 4, dtype=torch.float64)
+    n = fast.num_layers * fast.num_directions
+    hx = (torch.randn(n, 3, fast.options[0].output_size, dtype=torch.float64), torch.randn(n, 3, 5, dtype=torch.float64))
+    lengths = torch.tensor([6, 2, 4])
+    want, want_packed = _forward_only(slow, x, hx=hx), _forward_only(slow, x, lengths)
+    frozen = make_lstm(4, 5, seed=0, backend="fused", **kwargs).requires_grad_(False)
+    with kernel(name):
+        for mode, module in ((torch.no_grad, fast), (torch.inference_mode, fast), (contextlib.nullcontext, frozen)):
+            with mode():
+                got = _forward_only(module, x, hx=hx)
+                got_packed = _forward_only(module, x, lengths)
+            assert module.last_path == ("fused-torch" if name == "torch" else "fused-cpp")
+            assert all(g.grad_fn is None for g in got)
+            _assert_close(got, want, 1e-10)
+            _assert_close(got_packed, want_packed, 1e-10)
+            # Separate tensors, as nn.LSTM returns: writing into the output leaves h_n and c_n alone.
+            states = [got[1].clone(), got[2].clone()]
+            with mode():
+                got[0].add_(1.0)
+            _assert_close(got[1:], states, 0)
+
+
+@pytest.mark.skipif(not fused.extension_available(), reason="needs the C++ kernel")
+def test_inference_keeps_no_per_step_buffers():
+    # A training forward takes its gates and states of all steps (> 1 MB here) from the kernel's buffer
+    # cache; an inference forward must not allocate them at all.
+    lstm = PeepholeLSTM(8, 128, peephole="full", proj_size=48, cell_clip=0.5).eval()
+    x = torch.randn(40, 32, 8)
+    fused.empty_cache()
+    with kernel("cpp"):
+        with torch.inference_mode():
+            lstm(x)
+        assert fused._fused_cpu.cached_bytes() == 0
+        lstm(x)[0].sum().backward()
+        assert fused._fused_cpu.cached_bytes() >= 40 * 32 * 4 * 128 * 4
+    fused.empty_cache()
+
+
 @pytest.mark.parametrize("name", KERNELS)
 def test_gradcheck(name):
     lstm = make_lstm(2, 3, seed=3, backend="fused", peephole="full", proj_size=2, cell_clip=0.8, zoneout=0.2)
@@ -119,30 +172,37 @@ def test_gradcheck(name):
 
 
 @NEEDS_ONEDNN
+@pytest.mark.parametrize("gemm", ["cpp-onednn", "cpp-brgemm"])
 @pytest.mark.parametrize("kwargs", OPTIONS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
-def test_onednn_recurrent_gemm_matches_eager_in_float32(kwargs):
+def test_float32_gemms_match_eager(kwargs, gemm):
+    # The float32-only GEMMs, in training and in inference (where the input projection joins the
+    # recurrent GEMM, with its bias).
     fast, slow = (m.float() for m in _pair(kwargs))
     x = torch.randn(6, 3, 4)
     lengths = torch.tensor([6, 2, 4])
-    with kernel("cpp-onednn"):
+    with kernel(gemm):
         _assert_close(_run(fast, x), _run(slow, x), 2e-5)
         _assert_close(_run(fast, x, lengths), _run(slow, x, lengths), 2e-5)
+        with torch.inference_mode():
+            _assert_close(_forward_only(fast, x), _forward_only(slow, x), 2e-5)
+            _assert_close(_forward_only(fast, x, lengths), _forward_only(slow, x, lengths), 2e-5)
 
 
 @NEEDS_ONEDNN
 def test_each_gemm_implementation_really_runs():
-    # MKL sums the 64-term dot products in another order than the tiled GEMM and oneDNN: bitwise-
-    # different results show which one ran. At this size (8 x 64 @ 64 x 256) the default is the tiled
-    # GEMM in AVX-512 builds, MKL in others; forcing oneDNN also switches the tiled GEMM off, so a
-    # result unlike MKL's is oneDNN's.
+    # MKL sums the 64-term dot products in another order than the tiled GEMM, brgemm and oneDNN:
+    # bitwise-different results show which one ran. At this size (8 x 64 @ 64 x 256) the default is
+    # brgemm in float32, the tiled GEMM in float64 in AVX-512 builds, MKL in others; forcing one switches
+    # the others off, so a result unlike MKL's is the forced one's.
     tiled_max = fused._fused_cpu.set_tiled_max_macs(0)
     fused._fused_cpu.set_tiled_max_macs(tiled_max)
-    default = "cpp-tiled" if 8 * 64 * 256 <= tiled_max else "cpp-mkl"
     x = torch.randn(5, 8, 8, dtype=torch.float64)
-    for dtype in (torch.float32, torch.float64):  # oneDNN only ever takes float32
+    for dtype in (torch.float32, torch.float64):  # brgemm and oneDNN only ever take float32
+        default = "cpp-brgemm" if dtype == torch.float32 else ("cpp-tiled" if 8 * 64 * 256 <= tiled_max else "cpp-mkl")
         lstm = make_lstm(8, 64, seed=2, backend="fused").to(dtype)
         runs = {}
-        for name in ("cpp", "cpp-tiled", "cpp-mkl") + (("cpp-onednn",) if dtype == torch.float32 else ()):
+        float32_only = ("cpp-onednn", "cpp-brgemm") if dtype == torch.float32 else ()
+        for name in ("cpp", "cpp-tiled", "cpp-mkl") + float32_only:
             with kernel(name):
                 runs[name] = _run(lstm, x.to(dtype))
         assert all(torch.equal(a, b) for a, b in zip(runs["cpp"], runs[default]))

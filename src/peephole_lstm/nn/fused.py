@@ -12,9 +12,14 @@ with a hand-written BPTT backward as its autograd formula:
   gate derivatives, keeps dZ for all steps, and computes dW_hh = dZ^T H_prev, dW_hr and the
   peephole gradients as single GEMMs/reductions over all steps after the loop.
 
-Two implementations of this algorithm exist: the C++ kernel (csrc/fused_lstm.cpp, built at install,
-CPU tensors) and `_forward_torch`/`_backward_torch` below (plain PyTorch ops, used for CUDA tensors
-and when the extension is not built). Both are tested against the eager loop in float64.
+Three implementations of this algorithm exist: the C++ kernel (csrc/fused_lstm.cpp, built at install,
+CPU tensors), Triton kernels for the per-step gate math (nn/triton_kernels.py, CUDA tensors when the
+`triton` package is importable, or any tensor with backend="triton") and `_forward_torch`/
+`_backward_torch` below (plain PyTorch ops, for CUDA without Triton and when the extension is not
+built). All are tested against the eager loop in float64.
+
+Without a gradient to compute (torch.no_grad/inference_mode, or no input requiring one) the forward
+skips everything only the backward reads: no autograd node, no per-step gates or states kept.
 
 Options the fused path does not cover (layer_norm, gate_recurrence, zoneout while training) run the
 eager loop instead; `unsupported(opts, training)` says why, and the layer reports the path it ran.
@@ -27,7 +32,7 @@ import torch
 from torch import Tensor
 
 from peephole_lstm.nn.cell import step_flags
-from peephole_lstm.nn.functional import _peep, lstm_sequence, lstm_step
+from peephole_lstm.nn.functional import _peep, input_projection, lstm_sequence, lstm_step
 from peephole_lstm.nn.options import CellOptions
 
 try:
@@ -36,6 +41,7 @@ except ImportError:  # a source checkout without the build, or a failed compile:
     _fused_cpu = None
 
 _use_extension = True
+KERNELS = ("fused-cpp", "fused-triton", "fused-torch")
 
 
 def extension_available() -> bool:
@@ -43,8 +49,31 @@ def extension_available() -> bool:
     return _fused_cpu is not None
 
 
+def _triton_module():
+    """nn/triton_kernels, imported on first use (it imports triton: the core library needs torch only);
+    None when the `triton` package is not installed."""
+    global _triton
+    if _triton is None:
+        try:
+            from peephole_lstm.nn import triton_kernels as module
+        except ImportError:
+            module = False
+        _triton = module
+    return _triton or None
+
+
+_triton = None
+
+
+def triton_available() -> bool:
+    """Whether the Triton kernels can run (the `triton` package imports); CUDA tensors then use them."""
+    return _triton_module() is not None
+
+
 def set_extension_enabled(enabled: bool) -> bool:
-    """Switch the C++ kernel on or off (for tests and benchmarks); returns the previous setting."""
+    """Switch the automatic choice of the compiled kernels (C++ for CPU tensors, Triton for CUDA ones) on
+    or off, for tests and benchmarks of the pure-PyTorch path; returns the previous setting.
+    backend="triton" still runs Triton."""
     global _use_extension
     previous, _use_extension = _use_extension, bool(enabled)
     return previous
@@ -68,13 +97,30 @@ def unsupported(opts: CellOptions, training: bool) -> Optional[str]:
     return None
 
 
-def kernel_name(device: torch.device, dtype: Optional[torch.dtype] = None) -> str:
-    """Which implementation of the fused algorithm runs for tensors on `device` of `dtype`. The C++
-    kernel covers float32, float64 and bfloat16; float16 on CPU (rare: CPUs have no fast float16
+def kernel_name(device: torch.device, dtype: Optional[torch.dtype] = None, backend: str = "auto") -> str:
+    """Which implementation of the fused algorithm (one of KERNELS) runs for tensors on `device` of
+    `dtype` with the layer's `backend` ("triton" forces the Triton kernels, the others choose by device).
+    The C++ kernel covers float32, float64 and bfloat16; float16 on CPU (rare: CPUs have no fast float16
     arithmetic) runs the PyTorch twin, whose per-op float16 rounding is what nn.LSTM's CPU path does."""
+    if backend == "triton":
+        return "fused-triton"
     if device.type == "cpu" and _use_extension and _fused_cpu is not None and dtype != torch.float16:
         return "fused-cpp"
+    if device.type == "cuda" and _use_extension and triton_available():
+        return "fused-triton"
     return "fused-torch"
+
+
+def _kernels(kernel: str):
+    """(forward, backward) of one implementation, all with the same signature."""
+    if kernel == "fused-cpp":
+        return _fused_cpu.forward, _fused_cpu.backward
+    if kernel == "fused-triton":
+        module = _triton_module()
+        if module is None:
+            raise ImportError("backend='triton' needs the triton package: pip install 'peephole-lstm[triton]'")
+        return module.forward, module.backward
+    return _forward_torch, _backward_torch
 
 
 def config(opts: CellOptions) -> Tuple[List[int], List[bool], float, float]:
@@ -90,15 +136,18 @@ def keeps_pre_clip_cell(clip: float, zoneout: float) -> bool:
     return clip > 0 or zoneout > 0
 
 
-def forward(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout):
-    """The forward of the kernel for xz's device (`kernel_name`), normalised to fresh (unaliased) tensors:
-    (output, h_T, c_T, and for the backward: hs, cs, gate activations, the pre-clip cell (empty unless
-    kept) and the projection's inputs (empty without a projection)). Both kernels save the same layout, so
-    either backward reads either forward's tensors."""
-    if kernel_name(xz.device, xz.dtype) == "fused-cpp":
-        out, hs, cs, acts, cn, rs = _fused_cpu.forward(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout)
-    else:
-        out, hs, cs, acts, cn, rs = _forward_torch(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout)
+def _resolve(kernel: str, like: Tensor) -> str:
+    return kernel if kernel in KERNELS else kernel_name(like.device, like.dtype)
+
+
+def forward(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout, kernel: str = "auto"):
+    """The forward of `kernel` (one of KERNELS; "auto": kernel_name for xz), normalised to fresh
+    (unaliased) tensors: (output, h_T, c_T, and for the backward: hs, cs, gate activations, the pre-clip
+    cell (empty unless kept) and the projection's inputs (empty without a projection)). All kernels save
+    the same layout, so any backward reads any forward's tensors."""
+    kernel = _resolve(kernel, xz)
+    out, hs, cs, acts, cn, rs = _kernels(kernel)[0](xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout)
+    if kernel != "fused-cpp":
         if lengths is None:
             out = out.clone()  # a view of hs
         if not keeps_pre_clip_cell(clip, zoneout):
@@ -109,13 +158,30 @@ def forward(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout):
 
 
 def backward(grad_out, grad_hn, grad_cn, hs, cs, acts, cn, rs, w_hh, w_ch, w_hr, lengths, idx, flags, clip,
-             zoneout):
-    """The backward of the kernel for the saved tensors' device: (d xz, d h0, d c0, d w_hh, d w_ch, d w_hr),
-    None for absent weights. Incoming gradients may be None (outputs nobody used)."""
+             zoneout, kernel: str = "auto"):
+    """The backward of `kernel` ("auto": the one for the saved tensors): (d xz, d h0, d c0, d w_hh, d w_ch,
+    d w_hr), None for absent weights. Incoming gradients may be None (outputs nobody used)."""
+    kernel = _resolve(kernel, acts)
     cn = cn if cn.numel() else None
     rs = rs if rs.numel() else None
-    run = _fused_cpu.backward if kernel_name(acts.device, acts.dtype) == "fused-cpp" else _backward_torch
+    if cn is None and kernel == "fused-triton":
+        cn = cs[1:]  # without clipping or zoneout the pre-clip cell is the new cell (the C++ kernel's choice)
+    run = _kernels(kernel)[1]
     return run(grad_out, grad_hn, grad_cn, hs, cs, acts, cn, rs, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout)
+
+
+def inference(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout, kernel: str = "auto"):
+    """The forward when nothing will call a backward: (output, h_T, c_T); the kernels keep no step's
+    gates or states."""
+    run = _kernels(_resolve(kernel, xz))[0]
+    return run(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout, needs_grad=False)
+
+
+def projected_inference(x, w_ih, bias, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout):
+    """`inference` from the layer input x (T, B, I) on the C++ kernel, which adds the input projection to
+    each step's recurrent GEMM, so the (T, B, G*H) projection is never stored."""
+    return _fused_cpu.forward(None, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout,
+                              needs_grad=False, x=x, w_ih=w_ih, bias=bias)
 
 
 def batched(*grads) -> bool:
@@ -140,7 +206,7 @@ def eager_sequence(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zone
     return out, h, c
 
 
-# --- the same algorithm in plain PyTorch ops (CUDA tensors, or no compiled kernel) -----------------
+# --- the same algorithm in plain PyTorch ops (CUDA without Triton, or no compiled kernel) ----------
 
 
 def _blocks(z: Tensor, idx: List[int], hidden: int):
@@ -150,7 +216,8 @@ def _blocks(z: Tensor, idx: List[int], hidden: int):
     return block(0), block(1), block(2), block(3)
 
 
-def _forward_torch(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout):
+def _forward_torch(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout, needs_grad=True):
+    """(out, hs, cs, acts, cn, rs) for the backward; (out, h_T, c_T) when not needs_grad."""
     full, current, coupled, act_in, act_out = flags
     T, B, _ = xz.shape
     H = c0.shape[-1]
@@ -158,6 +225,9 @@ def _forward_torch(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zone
     acts, cns, rs, outs = [], [], [], []
     for t in range(T):
         h_prev, c_prev = hs[-1], cs[-1]
+        if not needs_grad:  # only the last state is read again: let the others go
+            hs[0], cs[0] = h_prev, c_prev
+            del hs[1:], cs[1:]
         z = torch.addmm(xz[t], h_prev, w_hh.t())
         zi, zf, zg, zo = _blocks(z, idx, H)
         one = torch.ones_like(c_prev)
@@ -180,12 +250,18 @@ def _forward_torch(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zone
             live = (lengths > t).unsqueeze(-1)
             h_new, c_new = torch.where(live, h_new, h_prev), torch.where(live, c_new, c_prev)
             outs.append(torch.where(live, h_new, torch.zeros_like(h_new)))
+        elif not needs_grad:
+            outs.append(h_new)
+        hs.append(h_new)
+        cs.append(c_new)
+        if not needs_grad:
+            continue
         gate = [i if zi is not None else None, f if zf is not None else None, g, o if zo is not None else None]
         acts.append(torch.cat([gate[k] for k in sorted(range(4), key=lambda k: idx[k]) if idx[k] >= 0], -1))
         cns.append(c_pre)
         rs.append(r)
-        hs.append(h_new)
-        cs.append(c_new)
+    if not needs_grad:
+        return torch.stack(outs), hs[-1].clone(), cs[-1].clone()
     hs, cs = torch.stack(hs), torch.stack(cs)
     out = torch.stack(outs) if lengths is not None else hs[1:]
     return out, hs, cs, torch.stack(acts), torch.stack(cns), torch.stack(rs) if w_hr is not None else None

@@ -189,8 +189,11 @@ class PeepholeLSTM(nn.Module):
                 "as in nn.LSTM"
             )
         self.backend = _choice("backend", backend, BACKENDS)
+        if backend == "triton" and not fused.triton_available():
+            raise ImportError("PeepholeLSTM(backend='triton') needs the triton package: "
+                              "pip install 'peephole-lstm[triton]'")
         self.last_path = None  # Optional[str]: the implementation the last forward ran (see _path)
-        self._warned = set()  # reasons already warned about (backend="fused")
+        self._warned = set()  # reasons already warned about (backend="fused" or "triton")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional, self.proj_size = bidirectional, proj_size
@@ -312,7 +315,7 @@ class PeepholeLSTM(nn.Module):
         if torch.onnx.is_in_onnx_export():
             reason = onnx_export.unsupported(opts)
             return "onnx-lstm" if reason is None else f"onnx-scan ({reason})"
-        if self.backend not in ("auto", "fused"):
+        if self.backend not in ("auto", "fused", "triton"):
             return self.backend
         if not torch.compiler.is_compiling() and fused.under_functorch():
             # (Tracers see the operator, whatever dynamo's view of the functorch stack.)
@@ -321,10 +324,10 @@ class PeepholeLSTM(nn.Module):
         if reason is None:
             # Also under torch.compile / torch.export: the kernels are operators (nn/ops.py) they keep
             # as one node per layer and direction.
-            return fused.kernel_name(device, dtype)
-        if self.backend == "fused" and reason not in self._warned and not torch.compiler.is_compiling():
+            return fused.kernel_name(device, dtype, self.backend)
+        if self.backend != "auto" and reason not in self._warned and not torch.compiler.is_compiling():
             self._warned.add(reason)
-            warnings.warn(f"PeepholeLSTM(backend='fused'): {reason} is not supported by the fused kernel; "
+            warnings.warn(f"PeepholeLSTM(backend={self.backend!r}): {reason} is not supported by the fused kernel; "
                           "running the eager per-step loop for it")
         return f"eager ({reason})"
 
@@ -409,13 +412,15 @@ class PeepholeLSTM(nn.Module):
         outputs = []
         for direction in range(self.num_directions):
             j = layer * self.num_directions + direction
-            xz = input_projection(x, *self._weights(INPUT_WEIGHTS, layer, direction))
-            if direction:
-                xz = reverse_padded(xz, lengths)
+            input_weights = self._weights(INPUT_WEIGHTS, layer, direction)
             weights = self._weights(STEP_WEIGHTS, layer, direction)
-            if is_fused:
-                out, h, c = ops.fused_sequence(xz, h0[j], c0[j], lengths, weights, opts)
+            if is_fused:  # projects x itself (inside the steps when it can)
+                xd = reverse_padded(x, lengths) if direction else x
+                out, h, c = ops.fused_layer(xd, input_weights, h0[j], c0[j], lengths, weights, opts, kernel=path)
             else:
+                xz = input_projection(x, *input_weights)
+                if direction:
+                    xz = reverse_padded(xz, lengths)
                 out, h, c, _ = sequence(xz, h0[j], c0[j], gates0, lengths, weights, flags)
             outputs.append(reverse_padded(out, lengths) if direction else out)
             h_n.append(h)

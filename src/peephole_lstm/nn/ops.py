@@ -31,17 +31,49 @@ import torch
 from torch import Tensor
 
 from peephole_lstm.nn import fused
+from peephole_lstm.nn.functional import input_projection
 from peephole_lstm.nn.options import CellOptions
 
 _OUT8 = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
 _OUT6 = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
 
 
+def fused_layer(
+    x: Tensor, input_weights: tuple, h0: Tensor, c0: Tensor, lengths: Optional[Tensor], weights: tuple,
+    opts: CellOptions, kernel: str = "auto",
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """One layer direction from its input x (T, B, I): functional.input_projection, then fused_sequence.
+    `input_weights` are the layer's INPUT_WEIGHTS. Without a gradient to compute (and outside tracers and
+    autocast), the C++ kernel adds the projection to each step's recurrent GEMM instead, so the
+    (T, B, G*H) projection is never stored (from 8 rows over all steps on: below that the concatenated
+    weight it builds costs more)."""
+    w_ih, b_ih, b_hh = input_weights[:3]
+    w_hh, w_ch, _, w_hr = weights[:4]
+    if (fused._resolve(kernel, x) == "fused-cpp" and x.shape[0] * x.shape[1] >= 8 and not _tracing()
+            and not torch.is_autocast_enabled(x.device.type)
+            and not _needs_grad(x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_ch, w_hr)):
+        bias = b_ih + b_hh if b_ih is not None and b_hh is not None else None
+        if lengths is not None:
+            lengths = lengths.to(dtype=torch.int64)
+        return fused.projected_inference(x, w_ih, bias, h0, c0, w_hh, w_ch, w_hr, lengths, *fused.config(opts))
+    return fused_sequence(input_projection(x, *input_weights), h0, c0, lengths, weights, opts, kernel)
+
+
+def _tracing() -> bool:
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def fused_sequence(
-    xz: Tensor, h0: Tensor, c0: Tensor, lengths: Optional[Tensor], weights: tuple, opts: CellOptions
+    xz: Tensor, h0: Tensor, c0: Tensor, lengths: Optional[Tensor], weights: tuple, opts: CellOptions,
+    kernel: str = "auto",
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Like functional.lstm_sequence for options `fused.unsupported` accepts (zoneout as in eval mode).
-    `weights` are the layer's STEP_WEIGHTS. Returns (output (T, B, out), h_T, c_T).
+    `weights` are the layer's STEP_WEIGHTS; `kernel` one of fused.KERNELS, or "auto" (fused.kernel_name).
+    Returns (output (T, B, out), h_T, c_T).
 
     Under a tracer (torch.compile, torch.export, torch.jit.trace) this is one call of the operator
     peephole_lstm::sequence_forward. Eager code runs the same kernels and the same autograd formula
@@ -58,30 +90,33 @@ def fused_sequence(
         dtype = torch.get_autocast_dtype(device)
         xz, h0, c0, w_hh, w_ch, w_hr = (None if t is None else t.to(dtype) for t in (xz, h0, c0, w_hh, w_ch, w_hr))
         with torch.autocast(device, enabled=False):
-            return _run(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout)
-    return _run(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout)
+            return _run(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout, kernel)
+    return _run(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout, kernel)
 
 
-def _run(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout) -> Tuple[Tensor, Tensor, Tensor]:
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+def _run(*inputs) -> Tuple[Tensor, Tensor, Tensor]:
+    if _tracing():
         run = torch.ops.peephole_lstm.sequence_forward
+    elif not _needs_grad(*inputs[:6]):
+        # Inference: nothing will call a backward, so the kernels keep no step's gates or states.
+        return fused.inference(*inputs)
     else:
         run = _EagerSequence.apply
-    out, h, c, *_ = run(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout)
+    out, h, c, *_ = run(*inputs)
     return out, h, c
 
 
 @torch.library.custom_op("peephole_lstm::sequence_forward", mutates_args=())
 def sequence_forward(
     xz: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_ch: Optional[Tensor], w_hr: Optional[Tensor],
-    lengths: Optional[Tensor], idx: List[int], flags: List[bool], clip: float, zoneout: float,
+    lengths: Optional[Tensor], idx: List[int], flags: List[bool], clip: float, zoneout: float, kernel: str = "auto",
 ) -> _OUT8:
-    # Every device: fused.forward runs the C++ kernel for CPU tensors and the PyTorch twin for the rest.
-    return fused.forward(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout)
+    # Every device: fused.forward runs the C++ kernel for CPU tensors, Triton or the PyTorch twin for the rest.
+    return fused.forward(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout, kernel)
 
 
 @sequence_forward.register_fake
-def _sequence_forward_fake(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout):
+def _sequence_forward_fake(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout, kernel="auto"):
     T, B, GH = xz.shape
     P, H = h0.shape[-1], c0.shape[-1]
     new = xz.new_empty
@@ -94,17 +129,17 @@ def _sequence_forward_fake(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, cl
 def sequence_backward(
     grad_out: Optional[Tensor], grad_hn: Optional[Tensor], grad_cn: Optional[Tensor], hs: Tensor, cs: Tensor,
     acts: Tensor, cn: Tensor, rs: Tensor, w_hh: Tensor, w_ch: Optional[Tensor], w_hr: Optional[Tensor],
-    lengths: Optional[Tensor], idx: List[int], flags: List[bool], clip: float, zoneout: float,
+    lengths: Optional[Tensor], idx: List[int], flags: List[bool], clip: float, zoneout: float, kernel: str = "auto",
 ) -> _OUT6:
     dxz, dh0, dc0, dw_hh, dw_ch, dw_hr = fused.backward(grad_out, grad_hn, grad_cn, hs, cs, acts, cn, rs, w_hh,
-                                                        w_ch, w_hr, lengths, idx, flags, clip, zoneout)
+                                                        w_ch, w_hr, lengths, idx, flags, clip, zoneout, kernel)
     empty = acts.new_empty  # an operator returns tensors: empty ones for the absent weights
     return dxz, dh0, dc0, dw_hh, empty(0) if dw_ch is None else dw_ch, empty(0) if dw_hr is None else dw_hr
 
 
 @sequence_backward.register_fake
 def _sequence_backward_fake(grad_out, grad_hn, grad_cn, hs, cs, acts, cn, rs, w_hh, w_ch, w_hr, lengths, idx,
-                            flags, clip, zoneout):
+                            flags, clip, zoneout, kernel="auto"):
     empty = acts.new_empty
     return (torch.empty_like(acts), hs.new_empty(hs.shape[1:]), cs.new_empty(cs.shape[1:]), torch.empty_like(w_hh),
             empty(0) if w_ch is None else torch.empty_like(w_ch), empty(0) if w_hr is None else torch.empty_like(w_hr))
@@ -112,11 +147,11 @@ def _sequence_backward_fake(grad_out, grad_hn, grad_cn, hs, cs, acts, cn, rs, w_
 
 # --- autograd: one formula for the operator and for the eager lane -----------------------------------
 
-_N_INPUTS = 11  # xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout
+_N_INPUTS = 12  # xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout, kernel
 
 
 def _setup_context(ctx, inputs, output):
-    xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout = inputs
+    xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout, *kernel = inputs
     hs, cs, acts, cn, rs = output[3:]
     ctx.mark_non_differentiable(hs, cs, acts, cn, rs)
     # Gradients of outputs nobody used stay None instead of zero tensors the size of the sequence.
@@ -124,6 +159,7 @@ def _setup_context(ctx, inputs, output):
     # The inputs are saved for the double-backward recompute only: no copy, they exist anyway.
     ctx.save_for_backward(hs, cs, acts, cn, rs, xz, h0, c0, w_hh, w_ch, w_hr, lengths)
     ctx.config = (list(idx), list(flags), clip, zoneout)
+    ctx.kernel = kernel[0] if kernel else "auto"
 
 
 def _formula(ctx, grad_out, grad_hn, grad_cn, *_unused):
@@ -136,9 +172,9 @@ def _formula(ctx, grad_out, grad_hn, grad_cn, *_unused):
     # The eager lane calls the kernel itself, the operator's formula the backward operator (traceable).
     run = fused.backward if getattr(ctx, "eager_lane", False) else sequence_backward
     dxz, dh0, dc0, dw_hh, dw_ch, dw_hr = run(grad_out, grad_hn, grad_cn, hs, cs, acts, cn, rs, w_hh, w_ch, w_hr,
-                                             lengths, *ctx.config)
+                                             lengths, *ctx.config, ctx.kernel)
     return (dxz, dh0, dc0, dw_hh, dw_ch if w_ch is not None else None, dw_hr if w_hr is not None else None,
-            None, None, None, None, None)
+            None, None, None, None, None, None)
 
 
 def _differentiable_backward(ctx, inputs: Sequence[Optional[Tensor]], lengths, grad_out, grad_hn, grad_cn):

@@ -13,7 +13,7 @@ from peephole_lstm.nn.errors import OptionTypeError
 PEEPHOLES = ("none", "diagonal", "full")
 OUTPUT_PEEPHOLES = ("current", "previous")
 ACTIVATIONS = ("tanh", "identity")
-BACKENDS = ("auto", "eager", "script", "compile", "fused")
+BACKENDS = ("auto", "eager", "script", "compile", "fused", "triton")
 
 # Greff et al. 2017, "LSTM: A Search Space Odyssey", Table 1. Each preset is complete, so it does not
 # depend on PeepholeLSTM's defaults: vanilla = peephole LSTM with all gates and tanh activations.

@@ -2,16 +2,18 @@
 //
 // The math is the one in peephole_lstm/nn/functional.py (lstm_step); fused.py holds the same algorithm
 // in plain PyTorch for CUDA tensors and for installs without this extension, and tests compare both
-// with the eager loop. Per time step there is one recurrent GEMM (StepGemm: this file's tiled GEMM,
-// oneDNN on a prepacked weight, or MKL's at::mm, by size) and one or two hand-written pointwise loops
-// that compute every gate at once. The input projection and the weight
-// gradients are not done here: the caller projects all steps in one GEMM beforehand,
-// and the backward returns dZ for all steps, so dW_hh, dW_hr and the full-peephole gradients are each
-// one big GEMM after the loop (M = T*B instead of B).
+// with the eager loop. Per time step there is one recurrent GEMM (StepGemm: oneDNN's brgemm micro-kernel,
+// this file's tiled GEMM, oneDNN's matmul on a prepacked weight, or MKL's at::mm, by dtype and size) and
+// one or two hand-written pointwise loops that compute every gate at once. In training the input
+// projection and the weight gradients are not done here: the caller projects all steps in one GEMM
+// beforehand, and the backward returns dZ for all steps, so dW_hh, dW_hr and the full-peephole gradients
+// are each one big GEMM after the loop (M = T*B instead of B). Without a backward (needs_grad=false) the
+// forward keeps only what the next step reads, and may take x instead of its projection (see forward_impl).
 #include <torch/extension.h>
 
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <algorithm>
@@ -199,6 +201,37 @@ int64_t tiled_max_macs = int64_t{1} << 23;
 #else
 int64_t tiled_max_macs = -1;
 #endif
+// Float32 GEMMs up to this many multiply-adds run on oneDNN's brgemm micro-kernel (JIT-compiled for
+// the CPU, the kernel family oneDNN's own LSTM uses; torch exports it as at::native::cpublas::brgemm,
+// falling back to MKL where its build lacks it), split over the threads by column blocks. Measured on
+// one thread of this project's AMD CPU: 64x160 @ 160x512 at 107 GFLOP/s against 70 for the tiled GEMM
+// below and 79 for oneDNN's matmul; 64x512 @ 512x128 (the backward's) at 109 against 64. Above it
+// (64x576 @ 576x2048: 77 vs 82 GFLOP/s) the weight no longer fits the L2 cache and oneDNN's matmul on
+// its own packed layout wins. Settable for tests (set_brgemm_max_macs).
+int64_t brgemm_max_macs = int64_t{1} << 23;
+
+// out (M, N) = (out +) a (M, K) @ wt (K, N) on the brgemm micro-kernel; a's rows may be strided, wt
+// and out are contiguous. The micro-kernel is single-threaded: the threads take column blocks (and
+// row blocks when there are too few columns to keep them busy).
+void brgemm_mm(const at::Tensor& a, const at::Tensor& wt, at::Tensor& out, bool add) {
+  const int64_t M = a.size(0), K = a.size(1), N = wt.size(1), lda = a.stride(0);
+  const float* pa = a.data_ptr<float>();
+  const float* pw = wt.data_ptr<float>();
+  float* po = out.data_ptr<float>();
+  const int64_t threads = (M * N * K >= (int64_t{1} << 17)) ? at::get_num_threads() : 1;
+  const int64_t nb = N >= 128 * 2 * threads ? 128 : 64;
+  const int64_t n_blocks = (N + nb - 1) / nb;
+  const int64_t m_blocks = std::max<int64_t>(1, std::min((2 * threads + n_blocks - 1) / n_blocks, M / 16));
+  const int64_t mb = (M + m_blocks - 1) / m_blocks;
+  at::parallel_for(0, n_blocks * m_blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t n0 = (blk % n_blocks) * nb, m0 = (blk / n_blocks) * mb;
+      const int64_t n = std::min(nb, N - n0), m = std::min(mb, M - m0);
+      if (m > 0)
+        at::native::cpublas::brgemm(m, n, K, lda, N, N, add, pa + m0 * lda, pw + n0, po + m0 * N + n0, false);
+    }
+  });
+}
 
 // One R x NB tile of out = (other +) a @ wt, accumulated in registers over all of K; `rows` x `cols`
 // of it are real (edge tiles). The full-tile instance has constant bounds, so GCC keeps the
@@ -281,9 +314,15 @@ class StepGemm {
  public:
   // `rows` of `a` in each of `steps` calls.
   StepGemm(const at::Tensor& w, int64_t rows, int64_t steps) : wt_(w.t()) {
-    // The tiled GEMM reads W^T contiguous, a copy per sequence: worth it only over several rows.
+    // brgemm and the tiled GEMM read W^T contiguous, a copy per sequence (none when the caller built
+    // it so): worth it only over several rows.
     const int64_t macs = rows * w.size(0) * w.size(1);
-    if (macs <= tiled_max_macs && rows * steps >= 8) {
+    const bool reused = rows * steps >= 8;
+    if (w.scalar_type() == at::kFloat && macs <= brgemm_max_macs && reused) {
+      brgemm_wt_ = wt_.contiguous();
+      return;
+    }
+    if (macs <= tiled_max_macs && reused) {
       tiled_wt_ = wt_.contiguous();
       return;
     }
@@ -294,18 +333,36 @@ class StepGemm {
   }
   bool onednn() const { return packed_.defined(); }
 
-  // a @ W^T: written into `out` by MKL, or a fresh tensor from oneDNN. Use the returned tensor.
+  // a @ W^T: written into `out` by MKL, brgemm or the tiled GEMM, or a fresh tensor from oneDNN. Use
+  // the returned tensor.
   at::Tensor mm(const at::Tensor& a, at::Tensor& out) const {
+    if (brgemm_wt_.defined()) {
+      brgemm_mm(a, brgemm_wt_, out, false);
+      return out;
+    }
     if (tiled_wt_.defined()) return tiled(a, nullptr, out);
     if (!onednn()) return at::mm_out(out, a, wt_);
     return onednn_ops()->linear.call(a, packed_, std::nullopt, "none", c10::List<std::optional<at::Scalar>>(),
                                      std::nullopt);
   }
-  // other + a @ W^T, likewise.
+  // other + a @ W^T, likewise (`other` may be `out`).
   at::Tensor addmm(const at::Tensor& other, const at::Tensor& a, at::Tensor& out) const {
+    if (brgemm_wt_.defined()) {
+      if (!other.is_same(out)) out.copy_(other);
+      brgemm_mm(a, brgemm_wt_, out, true);
+      return out;
+    }
     if (tiled_wt_.defined()) return tiled(a, &other, out);
     if (!onednn()) return at::addmm_out(out, other, a, wt_);
     return onednn_ops()->linear_add.call(a, other, packed_, std::nullopt, "add");
+  }
+  // bias (N,) + a @ W^T, likewise.
+  at::Tensor mm_bias(const at::Tensor& bias, const at::Tensor& a, at::Tensor& out) const {
+    if (onednn())
+      return onednn_ops()->linear.call(a, packed_, bias, "none", c10::List<std::optional<at::Scalar>>(), std::nullopt);
+    if (!brgemm_wt_.defined() && !tiled_wt_.defined()) return at::addmm_out(out, bias, a, wt_);
+    out.copy_(bias.expand_as(out));
+    return addmm(out, a, out);
   }
 
  private:
@@ -316,7 +373,7 @@ class StepGemm {
     return out;
   }
 
-  at::Tensor wt_, tiled_wt_, packed_;
+  at::Tensor wt_, brgemm_wt_, tiled_wt_, packed_;
 };
 
 template <typename F>
@@ -407,28 +464,62 @@ void cell_grad_row(int64_t H, A clip, const S* __restrict__ F, const S* __restri
 }
 
 template <typename scalar_t>
+// xz: the input projection of all steps (T, B, GH); or, without a backward, undefined with x (T, B, I),
+// w_ih (GH, I) and bias (GH, or undefined) instead: each step then computes its own projection in the
+// recurrent GEMM, z_t = bias + [x_t | h_{t-1}] [W_ih | W_hh]^T, so the (T, B, GH) projection is never
+// written to memory and read back (a quarter of an inference forward at the benchmark's medium shape).
 std::vector<at::Tensor> forward_impl(const Config& k, const at::Tensor& xz, const at::Tensor& h0,
                                      const at::Tensor& c0, const at::Tensor& w_hh, const at::Tensor& w_ch,
-                                     const at::Tensor& w_hr, const at::Tensor& lengths) {
+                                     const at::Tensor& w_hr, const at::Tensor& lengths, bool keep,
+                                     const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& bias) {
   using S = scalar_t;
   using A = at::opmath_type<scalar_t>;
-  const int64_t T = xz.size(0), B = xz.size(1), GH = xz.size(2), H = c0.size(1), P = h0.size(1);
+  const bool fused_in = x.defined();
+  TORCH_CHECK(!fused_in || !keep, "fused_lstm: the input projection is fused only without a backward");
+  const int64_t T = fused_in ? x.size(0) : xz.size(0), B = h0.size(0), GH = w_hh.size(0), H = c0.size(1),
+                P = h0.size(1), I = fused_in ? x.size(2) : 0;
   const bool proj = w_hr.defined(), masked = lengths.defined();
   const A z = static_cast<A>(k.zoneout);
   const A clip = k.clip > 0 ? static_cast<A>(k.clip) : std::numeric_limits<A>::infinity();
-  auto opt = xz.options();
+  auto opt = h0.options();
 
-  auto hs = workspace({T + 1, B, P}, opt);  // saved for the backward, which frees them
-  auto cs = workspace({T + 1, B, H}, opt);
-  auto acts = workspace({T, B, GH}, opt);
-  auto cn = k.need_cn() ? workspace({T, B, H}, opt) : at::Tensor();
-  auto rs = proj ? workspace({T, B, H}, opt) : at::Tensor();
+  // keep: every step's gates and states, saved for the backward (which frees them). Without a
+  // backward (inference) only what the next step reads is kept: two state buffers used in turn, and
+  // one step's gates, so the memory traffic per step is the step's own, independent of T.
+  at::Tensor hs, cs, acts, cn, rs;
+  if (keep) {
+    hs = workspace({T + 1, B, P}, opt);
+    cs = workspace({T + 1, B, H}, opt);
+    acts = workspace({T, B, GH}, opt);
+    cn = k.need_cn() ? workspace({T, B, H}, opt) : at::Tensor();
+    rs = proj ? workspace({T, B, H}, opt) : at::Tensor();
+    hs[0].copy_(h0);
+    cs[0].copy_(c0);
+  } else {
+    // With the projection fused the hidden state lives in the step GEMM's left operand [x_t | h_{t-1}].
+    hs = at::empty({2, B, I + P}, opt);
+    if (fused_in) hs[0].narrow(1, I, P).copy_(h0);
+    cs = at::empty({2, B, H}, opt);
+    acts = at::empty({1, B, GH}, opt);
+    cn = k.need_cn() ? at::empty({1, B, H}, opt) : at::Tensor();
+    rs = proj ? at::empty({1, B, H}, opt) : at::Tensor();
+  }
+  // State s (0..T) and step t's buffers: state 0 of the inference run is h0/c0 themselves (only read).
+  auto h_state = [&](int64_t s) {
+    return keep ? hs[s] : (fused_in ? hs[s % 2].narrow(1, I, P) : (s == 0 ? h0 : hs[s % 2]));
+  };
+  const int64_t ldh = fused_in ? I + P : P;  // row stride of the hidden state
+  auto c_state = [&](int64_t s) { return keep ? cs[s] : (s == 0 ? c0 : cs[s % 2]); };
+  const int64_t slot = keep ? 1 : 0;  // step t's row of acts/cn/rs is t * slot
   auto out = at::empty({T, B, P}, opt);  // its own storage: the caller may modify it in place
-  hs[0].copy_(h0);
-  cs[0].copy_(c0);
 
-  const StepGemm recurrent(w_hh, B, T);
+  // Fused projection: the weight is [W_ih | W_hh], built transposed (I + P, GH) so brgemm and the tiled
+  // GEMM read it without another copy.
+  const StepGemm recurrent(fused_in ? at::cat({w_ih.t(), w_hh.t()}, 0).t() : w_hh, B, T);
   auto zbuf = at::empty({B, GH}, opt);
+  // The pointwise pass adds x's row to the GEMM's; fused, that row is one row of zeros for all b.
+  auto zero_row = fused_in ? at::zeros({GH}, opt) : at::Tensor();
+  const int64_t ldx = fused_in ? 0 : GH;
   auto ctmp = at::empty({B, H}, opt);
   auto cpre = k.need_cn() ? at::Tensor() : at::empty({B, H}, opt);  // scratch when cn is not kept
   auto rbuf = at::empty({B, H}, opt);
@@ -453,20 +544,27 @@ std::vector<at::Tensor> forward_impl(const Config& k, const at::Tensor& xz, cons
   const bool o_now = !k.o_full_current();
 
   for (int64_t t = 0; t < T; ++t) {
-    auto h_prev = hs[t], c_prev = cs[t];
-    const auto zt = recurrent.mm(h_prev, zbuf);
+    const at::Tensor h_prev = h_state(t), c_prev = c_state(t);
+    at::Tensor zt;
+    if (fused_in) {
+      auto a = hs[t % 2];  // [x_t | h_{t-1}]
+      a.narrow(1, 0, I).copy_(x[t]);
+      zt = bias.defined() ? recurrent.mm_bias(bias, a, zbuf) : recurrent.mm(a, zbuf);
+    } else {
+      zt = recurrent.mm(h_prev, zbuf);
+    }
     const auto pt = peep_prev ? peep_prev->mm(c_prev, pbuf) : at::Tensor();
 
-    const S* X = xz.data_ptr<S>() + t * B * GH;
+    const S* X = fused_in ? zero_row.data_ptr<S>() : xz.data_ptr<S>() + t * B * GH;
     const S* Z = zt.data_ptr<S>();
     const S* CP = c_prev.data_ptr<S>();
     const S* PB = pt.defined() ? pt.data_ptr<S>() : nullptr;
-    S* ACT = acts.data_ptr<S>() + t * B * GH;
-    S* CN = k.need_cn() ? cn.data_ptr<S>() + t * B * H : cpre.data_ptr<S>();
+    S* ACT = acts.data_ptr<S>() + t * slot * B * GH;
+    S* CN = k.need_cn() ? cn.data_ptr<S>() + t * slot * B * H : cpre.data_ptr<S>();
     S* CT = ctmp.data_ptr<S>();
-    S* R = proj ? rs.data_ptr<S>() + t * B * H : rbuf.data_ptr<S>();
+    S* R = proj ? rs.data_ptr<S>() + t * slot * B * H : rbuf.data_ptr<S>();
     for_rows(B, GH, [&](int64_t b) {
-      const S* x = X + b * GH;
+      const S* x = X + b * ldx;
       const S* zr = Z + b * GH;
       const S* cp = CP + b * H;
       const S* pb = PB ? PB + b * k.n_prev * H : nullptr;
@@ -518,23 +616,24 @@ std::vector<at::Tensor> forward_impl(const Config& k, const at::Tensor& xz, cons
       const S* OB = ot.data_ptr<S>();
       for_rows(B, H, [&](int64_t b) {
         S* o = ACT + b * GH + k.bo * H;
-        sigmoid_gate<S, A>(H, o, X + b * GH + k.bo * H, Z + b * GH + k.bo * H, OB + b * H, nullptr, nullptr);
+        sigmoid_gate<S, A>(H, o, X + b * ldx + k.bo * H, Z + b * GH + k.bo * H, OB + b * H, nullptr, nullptr);
         output_row<S, A>(H, k.act_out, o, CT + b * H, R + b * H);
       });
     }
-    if (proj) at::mm_out(hnbuf, rs[t], w_hr.t());
+    if (proj) at::mm_out(hnbuf, rs[t * slot], w_hr.t());
 
     // Carry the state: zoneout (eval) mixes with the previous state, padded steps keep it.
     const S* HN = hnbuf.data_ptr<S>();
     const S* HP = h_prev.data_ptr<S>();
-    S* HS = hs.data_ptr<S>() + (t + 1) * B * P;
-    S* CS = cs.data_ptr<S>() + (t + 1) * B * H;
+    const at::Tensor h_next = h_state(t + 1), c_next = c_state(t + 1);
+    S* HS = h_next.data_ptr<S>();
+    S* CS = c_next.data_ptr<S>();
     S* O = out.data_ptr<S>() + t * B * P;
     for_rows(B, P + H, [&](int64_t b) {
       const bool live = !len || len[b] > t;
-      S* __restrict__ hs_r = HS + b * P;
+      S* __restrict__ hs_r = HS + b * ldh;
       S* __restrict__ cs_r = CS + b * H;
-      const S* __restrict__ hp = HP + b * P;
+      const S* __restrict__ hp = HP + b * ldh;
       const S* __restrict__ hn = HN + b * P;
       const S* __restrict__ cp = CP + b * H;
       const S* __restrict__ ct = CT + b * H;
@@ -551,6 +650,7 @@ std::vector<at::Tensor> forward_impl(const Config& k, const at::Tensor& xz, cons
       }
     });
   }
+  if (!keep) return {out, h_state(T).clone(), c_state(T).clone()};  // fresh: h0/c0 when T = 0
   return {out, hs, cs, acts, cn, rs};
 }
 
@@ -728,17 +828,21 @@ std::vector<at::Tensor> backward_impl(const Config& k, const at::Tensor& grad_ou
 
 at::Tensor opt_tensor(const std::optional<at::Tensor>& t) { return t.has_value() ? t->contiguous() : at::Tensor(); }
 
-std::vector<at::Tensor> forward(const at::Tensor& xz, const at::Tensor& h0, const at::Tensor& c0,
+std::vector<at::Tensor> forward(const std::optional<at::Tensor>& xz, const at::Tensor& h0, const at::Tensor& c0,
                                 const at::Tensor& w_hh, const std::optional<at::Tensor>& w_ch,
                                 const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& lengths,
                                 const std::vector<int64_t>& idx, const std::vector<bool>& flags, double clip,
-                                double zoneout) {
-  TORCH_CHECK(xz.device().is_cpu(), "fused_lstm extension: CPU tensors only");
+                                double zoneout, bool needs_grad, const std::optional<at::Tensor>& x,
+                                const std::optional<at::Tensor>& w_ih, const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(h0.device().is_cpu(), "fused_lstm extension: CPU tensors only");
+  TORCH_CHECK(xz.has_value() != (x.has_value() && w_ih.has_value()),
+              "fused_lstm: pass either xz or x and w_ih (the input projection fused into the steps)");
   const Config k = make_config(idx, flags, clip, zoneout);
   std::vector<at::Tensor> res;
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, xz.scalar_type(), "fused_lstm_forward", [&] {
-    res = forward_impl<scalar_t>(k, xz.contiguous(), h0.contiguous(), c0.contiguous(), w_hh.contiguous(),
-                                 opt_tensor(w_ch), opt_tensor(w_hr), opt_tensor(lengths));
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, h0.scalar_type(), "fused_lstm_forward", [&] {
+    res = forward_impl<scalar_t>(k, opt_tensor(xz), h0.contiguous(), c0.contiguous(), w_hh.contiguous(),
+                                 opt_tensor(w_ch), opt_tensor(w_hr), opt_tensor(lengths), needs_grad,
+                                 opt_tensor(x), opt_tensor(w_ih), opt_tensor(bias));
   });
   return res;
 }
@@ -771,6 +875,12 @@ int64_t set_tiled_max_macs(int64_t macs) {
   return previous;
 }
 
+int64_t set_brgemm_max_macs(int64_t macs) {
+  const int64_t previous = brgemm_max_macs;
+  brgemm_max_macs = macs;
+  return previous;
+}
+
 int64_t set_onednn_min_macs(int64_t macs) {
   const int64_t previous = onednn_min_macs;
   onednn_min_macs = macs;
@@ -782,8 +892,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cached_bytes", &cached_bytes, "bytes of big buffers kept for reuse (not in use)");
   m.def("set_tiled_max_macs", &set_tiled_max_macs,
         "up to how many multiply-adds a per-step GEMM runs on the kernel's own tiled GEMM; returns the previous value");
+  m.def("set_brgemm_max_macs", &set_brgemm_max_macs,
+        "up to how many multiply-adds a float32 per-step GEMM runs on oneDNN's brgemm; returns the previous value");
   m.def("set_onednn_min_macs", &set_onednn_min_macs,
         "from how many multiply-adds (B*4H*P) a float32 recurrent GEMM runs on oneDNN; returns the previous value");
-  m.def("forward", &forward, "peephole LSTM sequence forward (CPU)");
+  m.def("forward", &forward,
+        "peephole LSTM sequence forward (CPU): (out, hs, cs, acts, cn, rs) for the backward when needs_grad, "
+        "else (out, h_T, c_T) without keeping any step's gates or states; without a backward, x, w_ih and "
+        "bias may replace xz (None) to fuse the input projection into the steps",
+        py::arg("xz"), py::arg("h0"), py::arg("c0"), py::arg("w_hh"), py::arg("w_ch"), py::arg("w_hr"),
+        py::arg("lengths"), py::arg("idx"), py::arg("flags"), py::arg("clip"), py::arg("zoneout"),
+        py::arg("needs_grad") = true, py::arg("x") = py::none(), py::arg("w_ih") = py::none(),
+        py::arg("bias") = py::none());
   m.def("backward", &backward, "peephole LSTM sequence backward (CPU)");
 }
