@@ -157,6 +157,11 @@ def test_slurm_multinode_settings_give_n_nodes_of_g_ranks_and_lightning_agrees(t
     monkeypatch.setenv("SLURM_JOB_NAME", "train")
     import lightning.pytorch as pl
     from lightning.fabric.plugins.environments import SLURMEnvironment
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    # The Trainer records its global rank (5) in this process-wide setting, which makes every later
+    # logger in this process a rank-5 dummy: restore it afterwards.
+    monkeypatch.setattr(rank_zero_only, "rank", rank_zero_only.rank)
 
     trainer_cfg = OmegaConf.to_container(cfg.trainer)
     trainer_cfg.pop("_target_")
