@@ -56,7 +56,7 @@ start_munge() {
     chmod 0700 /etc/munge /var/log/munge
     chmod 0400 /etc/munge/munge.key
     chmod 0755 /run/munge
-    runuser -u munge -- munged --pid-file=/run/munge/munged.pid
+    runuser -u munge -- munged --pid-file=/run/munge/munged.pid 9>&-  # (9: the lock, see lock())
     ln -sf /run/munge/munged.pid "$DIR/munged.pid"  # marks munged as started by this script, for `stop`
     for _ in $(seq 50); do
         munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && return
@@ -136,9 +136,9 @@ start() {
     if ! alive "$DIR/slurmctld.pid"; then
         write_conf
         # -c: a fresh cluster, without the jobs of an earlier one
-        slurmctld -c -i
+        slurmctld -c -i 9>&-
     fi
-    alive "$DIR/slurmd.pid" || slurmd -c
+    alive "$DIR/slurmd.pid" || slurmd -c 9>&-
     local host
     host=$(hostname -s)
     for i in $(seq 120); do
@@ -201,6 +201,8 @@ status() {
 }
 
 lock() {  # one start/stop at a time (two test sessions may both find the cluster down)
+    # The daemons are started with fd 9 closed: a daemon that inherited it would hold the lock for its
+    # whole life, and every later start or stop (CI's exit trap) would wait for it forever.
     mkdir -p "$DIR"
     exec 9>"$DIR/lock"
     flock 9
