@@ -2,6 +2,7 @@
 the produced checkpoint, bad input failing before training, and DDP on CPU with two processes."""
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -34,6 +35,12 @@ def test_showcase_run_then_eval_on_its_checkpoint(tmp_path):
     # everything the run made is inside its run directory
     assert {p.name for p in run.iterdir()} >= {".hydra", "config.yaml", "results.json", "checkpoints", "plots", "wandb"}
     assert "${" not in (run / "config.yaml").read_text()
+    # train.log keeps the numbers the progress bar showed: a line per epoch, then the test metrics
+    log = (run / "train.log").read_text()
+    epochs = re.findall(r"epoch (\d+): .*val/loss=(\S+)", log)
+    assert [int(e) for e, _ in epochs] == list(range(len(epochs))) and len(epochs) >= 2, log[-2000:]
+    logged_test = float(re.search(r"test: .*test/nrmse=(\S+)", log).group(1))
+    assert logged_test == pytest.approx(res["metrics"]["test/nrmse"], rel=1e-3)
     (best,) = run.glob("checkpoints/best-*.ckpt")
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert (run / "plots" / "test_forecast.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,6 +1,7 @@
 """PredictionPlot: after test, predictions vs truth on the test split as PNGs (and W&B / TensorBoard images)."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -69,7 +70,9 @@ class MetricHistory(pl.Callback):
     """Writes every epoch's logged metrics (val/*, train/*) to `path` (CSV, one row per epoch), so learning
     curves and "epochs until val/solve_rate first reached 0.9" can be read from the run dir whatever the
     logger. Rewritten atomically after each epoch; a resumed run keeps the rows of the epochs before
-    the one it resumes at."""
+    the one it resumes at. The same metrics, and the test metrics at the end, also go to the Python log
+    as one line each ("epoch 3: train/loss=0.0123 val/loss=..."): the console and, under Hydra, the run's
+    train.log, which then holds the run's numbers after the progress bar is gone."""
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
@@ -88,6 +91,7 @@ class MetricHistory(pl.Callback):
         if not trainer.is_global_zero:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
+        _log.info("epoch %d: %s", trainer.current_epoch, _line(metrics))
         row = {"epoch": trainer.current_epoch, **metrics}
         self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
         columns = list(dict.fromkeys(k for r in self.rows for k in r))
@@ -97,3 +101,15 @@ class MetricHistory(pl.Callback):
         tmp = self.path.with_suffix(".csv.tmp")
         tmp.write_text("\n".join(lines) + "\n")
         tmp.replace(self.path)
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+            _log.info("test: %s", _line(metrics))
+
+
+_log = logging.getLogger(__name__)
+
+
+def _line(metrics: dict) -> str:
+    return " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
