@@ -8,4 +8,5 @@ VENV=${PEEPHOLE_LSTM_VENV:-$(pwd)/.venv}
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
 export WANDB_MODE=${WANDB_MODE:-offline}  # the tests never touch the network
-exec python -m pytest -q "$@"
+# --durations=25: the slowest tests at the end of the output, to see where the time goes (docs/testing.md).
+exec python -m pytest -q --durations=25 "$@"
