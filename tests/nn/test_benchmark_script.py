@@ -2,20 +2,18 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.scripts import run_script
+
+pytestmark = pytest.mark.slow  # each test starts scripts/benchmark.py
 
 
 def test_benchmark_json_at_a_tiny_shape():
     impls = "nn.LSTM,naive-loop,auto/diagonal,auto/full,eager/diagonal,auto+head/diagonal"
-    cmd = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--shapes", "2x4x3x5,stream", "--impls", impls,
-           "--repeats", "2", "--min-seconds", "0", "--json", "-"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    done = run_script("scripts/benchmark.py", "--shapes", "2x4x3x5,stream", "--impls", impls,
+                      "--repeats", "2", "--min-seconds", "0", "--json", "-")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["machine"]["torch_threads"] >= 1
@@ -44,7 +42,6 @@ def test_benchmark_json_at_a_tiny_shape():
                                            (["--modes", "fly"], "--modes: choose from train, infer"),
                                            (["--dtypes", "int8"], "--dtypes: choose from")])
 def test_benchmark_rejects_bad_arguments(args, message):
-    cmd = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), *args]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    done = run_script("scripts/benchmark.py", *args, timeout=120)
     assert done.returncode != 0 and message in done.stderr
 

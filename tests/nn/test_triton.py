@@ -8,8 +8,6 @@ machine the same tests run compiled, on CUDA tensors.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ import torch
 
 from peephole_lstm import PeepholeLSTM
 from peephole_lstm.nn import fused
+from tests.helpers.scripts import run_script
 from tests.nn.helpers import make_lstm
 from tests.nn.test_fused import OPTIONS, _assert_close, _forward_only, _run, kernel
 
@@ -26,14 +25,13 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cpu" if INTERPRETED else ("cuda" if torch.cuda.is_available() else None)
 RUNS_HERE = pytest.mark.skipif(DEVICE is None, reason="runs in the child pytest with TRITON_INTERPRET=1 (below)")
 IDS = [",".join(f"{k}={v}" for k, v in kw.items()) for kw in OPTIONS]
-ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # a child pytest, and the interpreter runs each kernel instruction in Python
 @pytest.mark.skipif(DEVICE is not None, reason="the tests of this module run in this session")
 def test_triton_kernels_in_the_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", str(Path(__file__))]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=ROOT, env=env)
+    done = run_script("-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", Path(__file__), timeout=1800,
+                      env={"TRITON_INTERPRET": "1"})
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
     assert " passed" in done.stdout and "failed" not in done.stdout
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
 
 from peephole_lstm.training.checkpointing import AtomicCheckpointIO, load_file
+from tests.helpers.scripts import start_script
 
 
 class ExplodesWhenPickled:
@@ -45,9 +45,10 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_sigkill_during_a_save_keeps_the_previous_checkpoint(tmp_path):
     last = tmp_path / "last.ckpt"
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(last)], stdout=subprocess.PIPE, text=True)
+    proc = start_script("-c", WRITER, last, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "saved v1"
     deadline = time.monotonic() + 120
     partial = []

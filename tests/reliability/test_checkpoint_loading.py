@@ -11,7 +11,8 @@ from torch import nn
 
 from peephole_lstm.training import evaluate, train
 from peephole_lstm.training.checkpointing import AtomicCheckpointIO, CheckpointError
-from reliability_helpers import TINY, framework_test_helpers, run_script
+from tests.helpers.configs import TINY_CSV, compose_config
+from tests.helpers.scripts import run_script
 
 CORRUPT = "is truncated, corrupt or not a PyTorch checkpoint"
 
@@ -28,7 +29,7 @@ class RunsCode:
 def files(tmp_path_factory):
     """A real checkpoint written by train(), and broken or hostile files next to it."""
     root = tmp_path_factory.mktemp("checkpoints")
-    cfg = framework_test_helpers().compose_config("train", [*TINY, "test=false"], output_dir=root / "run")
+    cfg = compose_config("train", [*TINY_CSV, "test=false"], output_dir=root / "run")
     train(cfg)
     real = (root / "run" / "checkpoints" / "last.ckpt").read_bytes()
     marker = root / "CODE_RAN"
@@ -58,7 +59,7 @@ CASES = [
 
 
 def _eval_cfg(path, run_dir):
-    return framework_test_helpers().compose_config(
+    return compose_config(
         "eval", [f"ckpt_path={path}", "logger=none", "callbacks=none", "extras.print_config=false"], output_dir=run_dir)
 
 
@@ -69,7 +70,7 @@ def test_bad_checkpoint_gives_a_clear_error_in_eval_and_on_resume(files, tmp_pat
         evaluate(_eval_cfg(path, tmp_path / "eval"))
     assert f"ckpt_path={str(path)!r}" in str(e.value) and in_eval in str(e.value)
 
-    cfg = framework_test_helpers().compose_config("train", [*TINY, f"ckpt_path={path}"], output_dir=tmp_path / "train")
+    cfg = compose_config("train", [*TINY_CSV, f"ckpt_path={path}"], output_dir=tmp_path / "train")
     with pytest.raises(CheckpointError) as e:
         train(cfg)
     assert f"ckpt_path={str(path)!r}" in str(e.value) and on_resume in str(e.value)
@@ -84,9 +85,10 @@ def test_lightning_loads_go_through_weights_only_whatever_the_caller_asks(files)
     assert AtomicCheckpointIO().load_checkpoint(files["real"])["epoch"] == 1  # a real one loads
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script,overrides", [
     ("eval.py", ["logger=none"]),
-    ("train.py", TINY),
+    ("train.py", TINY_CSV),
 ])
 def test_a_checkpoint_that_would_run_code_is_refused_by_the_scripts(files, tmp_path, script, overrides):
     proc = run_script(script, *overrides, f"ckpt_path={files['torch_pickle']}", "hydra.run.dir=run", cwd=tmp_path)

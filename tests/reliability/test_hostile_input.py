@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from peephole_lstm.training import train
-from reliability_helpers import TINY, framework_test_helpers
+from tests.helpers.configs import TINY_CSV, compose_config
 
 
 def _bad_files(tmp_path):
@@ -32,8 +32,8 @@ CASES = [
 def test_bad_data_files_fail_before_training_naming_the_file(tmp_path, data, name, message):
     path = _bad_files(tmp_path) / name
     run = tmp_path / "run"
-    overrides = [*data.split(), f"data.path={path}", *(o for o in TINY if not o.startswith("data.length"))]
-    cfg = framework_test_helpers().compose_config("train", overrides, output_dir=run)
+    overrides = [*data.split(), f"data.path={path}", *(o for o in TINY_CSV if not o.startswith("data.length"))]
+    cfg = compose_config("train", overrides, output_dir=run)
     with pytest.raises(Exception) as e:
         train(cfg)
     assert message in str(e.value) and str(path) in str(e.value)

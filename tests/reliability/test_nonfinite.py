@@ -9,7 +9,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from peephole_lstm.training.faults import FiniteGuard, NonFiniteError
-from reliability_helpers import TINY, csv_rows, results, run_script
+from tests.helpers.configs import TINY_CSV
+from tests.helpers.scripts import csv_rows, results, run_script
 
 # The learning rate jumps by 1e30 after the first epoch (a real scheduler config): the first epoch trains
 # and checkpoints normally, the second one blows the weights up.
@@ -17,9 +18,10 @@ EXPLODE = ["model.scheduler._target_=torch.optim.lr_scheduler.StepLR", "~model.s
            "+model.scheduler.step_size=1", "+model.scheduler.gamma=1e30", "trainer.max_epochs=3"]
 
 
+@pytest.mark.slow
 def test_a_run_whose_loss_blows_up_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     run = tmp_path / "run"
-    proc = run_script("train.py", *TINY, *EXPLODE, f"hydra.run.dir={run}", cwd=tmp_path)
+    proc = run_script("train.py", *TINY_CSV, *EXPLODE, f"hydra.run.dir={run}", cwd=tmp_path)
     assert proc.returncode != 0
     message = "non-finite loss (inf) at epoch 1, global step"
     assert message in proc.stderr

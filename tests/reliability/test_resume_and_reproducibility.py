@@ -13,7 +13,10 @@ import torch
 import yaml
 
 import peephole_lstm
-from reliability_helpers import QUIET, ROOT, command, csv_rows, env, results, run_script
+from tests.helpers.configs import QUIET
+from tests.helpers.scripts import ROOT, csv_rows, results, run_script, start_script
+
+pytestmark = pytest.mark.slow  # every test starts train.py, several times
 
 # Full training epochs (~22 batches each) so that the kill lands while the run is still training; dropout
 # so that the random generators' states must be resumed too, not only weights and optimizer.
@@ -30,8 +33,8 @@ def reference(tmp_path_factory):
 
 
 def _kill_after_first_checkpoint(run, cwd) -> int:
-    proc = subprocess.Popen(command("train.py", *RUN, f"hydra.run.dir={run}"), cwd=cwd, env=env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_script("train.py", *RUN, f"hydra.run.dir={run}", cwd=cwd,
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = run / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 240
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:

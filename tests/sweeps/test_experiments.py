@@ -4,15 +4,15 @@ per-epoch history, and scripts/reproduce_results.py turns a sweep into a per-dat
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from itertools import product
 
 import pytest
 import yaml
 
-from sweep_helpers import ROOT, explain, job_dirs, results, run_train
-from test_multirun import compose_sweep_params
+from tests.helpers.configs import compose_sweep_params
+from tests.helpers.scripts import explain, job_dirs, results, run_script, run_sweep
+
+pytestmark = pytest.mark.slow  # every ready experiment's grid as a multirun, then reproduce_results.py
 
 # One seed, two training batches, one epoch... of the experiment's real datasets and models.
 TINY_BUDGET = [
@@ -26,7 +26,7 @@ TINY_BUDGET = [
 def test_experiment_runs_its_grid_by_itself(experiment, tmp_path):
     params, cfg = compose_sweep_params(experiment)
     params.pop("seed")
-    proc = run_train(f"experiment={experiment}", *TINY_BUDGET, cwd=tmp_path, timeout=900)  # no -m
+    proc = run_sweep(f"experiment={experiment}", *TINY_BUDGET, cwd=tmp_path, timeout=900)  # no -m
     assert proc.returncode == 0, explain(proc)
     jobs = job_dirs(tmp_path / "sweep")
     assert len(jobs) == len(list(product(*params.values())))  # every arm of the grid ran
@@ -43,9 +43,8 @@ def test_experiment_runs_its_grid_by_itself(experiment, tmp_path):
 
 
 def test_reproduce_results_writes_the_report_and_the_wall_time(tmp_path):
-    cmd = [sys.executable, "scripts/reproduce_results.py", "gers_msd_external", "--out", str(tmp_path / "docs"),
-           "--runs", str(tmp_path / "runs"), "--", *TINY_BUDGET]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    proc = run_script("scripts/reproduce_results.py", "gers_msd_external", "--out", tmp_path / "docs",
+                      "--runs", tmp_path / "runs", "--", *TINY_BUDGET, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = tmp_path / "docs" / "gers_msd_external"
     run = json.loads((out / "run.json").read_text())

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import textwrap
 
+import pytest
 import submitit
 import torch
 from hydra import compose, initialize_config_dir
@@ -14,12 +15,14 @@ from omegaconf import OmegaConf
 from peephole_lstm.sweeps import discover_jobs, group_jobs
 from peephole_lstm.sweeps.launcher import resume_overrides
 from peephole_lstm.training import register_configs
-from sweep_helpers import ROOT, TINY, explain, job_dirs, results, run_train
 from peephole_lstm.training.wandb_offline import offline_runs
+from tests.helpers.configs import TINY_SWEEP
+from tests.helpers.scripts import ROOT, explain, job_dirs, results, run_sweep
 
 
+@pytest.mark.slow
 def test_ddp_cpu_inside_multirun_gives_one_run_dir_and_one_wandb_run_per_job(tmp_path):
-    proc = run_train("-m", "trainer=ddp_cpu", "trainer.devices=2", "model.peephole=none,full", *TINY, cwd=tmp_path)
+    proc = run_sweep("-m", "trainer=ddp_cpu", "trainer.devices=2", "model.peephole=none,full", *TINY_SWEEP, cwd=tmp_path)
     assert proc.returncode == 0, explain(proc)
     # rank 1 of each job joins rank 0's run dir: no extra job dirs, no outputs/ of its own
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]
@@ -54,12 +57,13 @@ PREEMPT = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_submitit_local_multirun_requeues_a_preempted_job_and_resumes_from_last_ckpt(tmp_path):
     (tmp_path / "preempt_once.py").write_text(PREEMPT)
-    proc = run_train(
-        "-m", "hydra/launcher=submitit_local", "model.peephole=none,full", *TINY, "trainer.max_epochs=2",
+    proc = run_sweep(
+        "-m", "hydra/launcher=submitit_local", "model.peephole=none,full", *TINY_SWEEP, "trainer.max_epochs=2",
         "+callbacks.preempt._target_=preempt_once.PreemptOnce",
-        cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)}, sweep_dir=False,  # Hydra's timestamped sweep dir
+        cwd=tmp_path, pythonpath=[tmp_path], sweep_dir=False,  # Hydra's timestamped sweep dir
     )
     assert proc.returncode == 0, explain(proc)
     (sweep,) = tmp_path.glob("multirun/*/*")

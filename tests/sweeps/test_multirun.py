@@ -3,34 +3,29 @@ from __future__ import annotations
 
 import csv
 import statistics
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
 from peephole_lstm.nn.options import variants
 from peephole_lstm.sweeps import discover_jobs
-from peephole_lstm.training import register_configs
-from sweep_helpers import ROOT, TINY, explain, job_dirs, results, run_train
 from peephole_lstm.training.wandb_offline import offline_runs
-
-REPORT = ROOT / "scripts" / "sweep_report.py"
+from tests.helpers.configs import TINY_SWEEP, compose_sweep_params
+from tests.helpers.scripts import explain, job_dirs, results, run_script, run_sweep
 
 
 def report_rows(sweep, *args) -> list[dict]:
-    proc = subprocess.run([sys.executable, str(REPORT), str(sweep), *args], capture_output=True, text=True, timeout=120)
+    proc = run_script("scripts/sweep_report.py", sweep, *args, timeout=120)
     assert proc.returncode == 0, proc.stderr
     with open(sweep / "report.csv") as f:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_peephole_ablation_multirun_one_wandb_run_per_job_and_report(tmp_path):
     # the experiment's grid (data x peephole x seed) narrowed on the command line to 3 jobs
-    proc = run_train("-m", "experiment=peephole_ablation", "seed=0", *TINY, cwd=tmp_path)
+    proc = run_sweep("-m", "experiment=peephole_ablation", "seed=0", *TINY_SWEEP, cwd=tmp_path)
     assert proc.returncode == 0, explain(proc)
     sweep = tmp_path / "sweep"
     jobs = job_dirs(sweep)
@@ -81,11 +76,12 @@ CRASH = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_crashing_job_does_not_stop_the_sweep_and_is_reported(tmp_path):
     (tmp_path / "crash_on_seed.py").write_text(CRASH)
-    proc = run_train("-m", "seed=0,1,2", *TINY, "+callbacks.crash._target_=crash_on_seed.CrashOnSeed",
+    proc = run_sweep("-m", "seed=0,1,2", *TINY_SWEEP, "+callbacks.crash._target_=crash_on_seed.CrashOnSeed",
                      "+callbacks.crash.seed=${seed}", "+callbacks.crash.crash_seed=1",
-                     cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
+                     cwd=tmp_path, pythonpath=[tmp_path])
     assert proc.returncode != 0  # Hydra reports the failed job at the end of the sweep
     sweep = tmp_path / "sweep"
     jobs = job_dirs(sweep)
@@ -106,9 +102,10 @@ def test_crashing_job_does_not_stop_the_sweep_and_is_reported(tmp_path):
     assert "| 1 | data=timing, " in md and "| (all jobs) | 1 | failed | RuntimeError: injected crash in the job with seed 1 |" in md
 
 
+@pytest.mark.slow
 def test_optuna_search_of_three_trials(tmp_path):
-    proc = run_train("hparams_search=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.n_startup_trials=2",
-                     "optimized_metric=val/nrmse", *TINY, cwd=tmp_path)
+    proc = run_sweep("hparams_search=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.n_startup_trials=2",
+                     "optimized_metric=val/nrmse", *TINY_SWEEP, cwd=tmp_path)
     assert proc.returncode == 0, explain(proc)
     sweep = tmp_path / "sweep"
     jobs = job_dirs(sweep)
@@ -123,17 +120,6 @@ def test_optuna_search_of_three_trials(tmp_path):
     assert all(len(offline_runs(j)) == 1 for j in jobs)
     assert {r.run_id for j in jobs for r in offline_runs(j)} == {t["wandb"]["id"] for t in trials}
     assert len(discover_jobs(sweep)) == 3
-
-
-def compose_sweep_params(experiment: str) -> dict:
-    register_configs()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-            cfg = compose("train", overrides=[f"experiment={experiment}"], return_hydra_config=True)
-    finally:
-        GlobalHydra.instance().clear()
-    return {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items()}, cfg
 
 
 @pytest.mark.parametrize(

@@ -4,10 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import statistics
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -21,9 +18,8 @@ from peephole_lstm.sweeps import discover_jobs, jobs_from_runs, read_history, sp
 from peephole_lstm.sweeps.aggregate import ci95, epochs_to_threshold, holm, median_epochs
 from peephole_lstm.sweeps.plot import curve_band
 from peephole_lstm.sweeps.wandb_api import WandbUnavailable, fetch_runs
+from tests.helpers.scripts import run_script
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "scripts" / "sweep_report.py"
 PEEPHOLES = ["none", "diagonal", "full"]
 SEEDS = [0, 1, 2, 3]
 FAILED_JOB, MISSING_JOB = 4, 7  # (diagonal, seed 0) and (diagonal, seed 3)
@@ -287,6 +283,7 @@ def test_datasets_are_never_pooled(two_datasets, tmp_path):
     assert float(rows[4]["test/nrmse_p"]) == pytest.approx(ttest_ind(diag, none, equal_var=False).pvalue)
 
 
+@pytest.mark.slow
 def test_data_sub_keys_define_groups_and_group_by_overrides_them(tmp_path):
     jobs = []
     for task in ["msd", "gts"]:
@@ -479,6 +476,7 @@ def test_epochs_to_threshold_per_seed_and_median(with_history, tmp_path):
     assert table_rows(report.markdown.read_text(), "test/solve_rate")["model.peephole=diagonal"][6] == "1, 1, 0.89"
 
 
+@pytest.mark.slow
 def test_speed_threshold_and_a_minimised_speed_metric(with_history, tmp_path):
     proc = run_cli(with_history, "--speed-metric", "val/loss", "--speed-threshold", "0.3", "--out", tmp_path / "o")
     assert proc.returncode == 0, proc.stderr
@@ -555,11 +553,12 @@ def test_bad_input_errors(sweep, tmp_path):
         write_report(discover_jobs(sweep), tmp_path / "out", group_by=["data=timing"])
 
 
-def run_cli(*args, env=None):
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=900)  # generous: a loaded shared CPU took 140 s to import torch
+def run_cli(*args):
+    # generous: a loaded shared CPU took 140 s to import torch
+    return run_script("scripts/sweep_report.py", *args, timeout=900)
 
 
+@pytest.mark.slow
 def test_cli_writes_into_sweep_dir_by_default(sweep):
     proc = run_cli(sweep, "--metric", "test/nrmse", "--mode", "min")
     assert proc.returncode == 0, proc.stderr
@@ -568,6 +567,7 @@ def test_cli_writes_into_sweep_dir_by_default(sweep):
     assert len(discover_jobs(sweep)) == 12  # the report files are not mistaken for jobs
 
 
+@pytest.mark.slow
 def test_cli_errors_are_clear(sweep, tmp_path):
     proc = run_cli(tmp_path / "missing")
     assert proc.returncode == 2 and "does not exist" in proc.stderr
@@ -575,7 +575,7 @@ def test_cli_errors_are_clear(sweep, tmp_path):
     assert proc.returncode == 2 and "available: test/loss" in proc.stderr
     proc = run_cli(sweep, "--wandb", "me/proj")
     assert proc.returncode == 2 and "exactly one of SWEEP_DIR or --wandb" in proc.stderr
-    proc = run_cli("--wandb", "me/proj", env={**os.environ, "WANDB_MODE": "offline"})
+    proc = run_cli("--wandb", "me/proj")  # run_script's children run with WANDB_MODE=offline
     assert proc.returncode == 2 and "WANDB_MODE=offline" in proc.stderr and "wandb login" in proc.stderr
 
 

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -18,11 +17,15 @@ import pytest
 import torch
 
 from peephole_lstm.training.wandb_offline import offline_runs
-from sweep_helpers import ROOT, TINY, explain, job_dirs, results
+from tests.helpers.configs import TINY_SWEEP
+from tests.helpers.scripts import ROOT, command, explain, job_dirs, results, run_script, script_env
+
+# A real cluster, real sbatch jobs: minutes, not seconds (and a skip where SLURM is missing).
+pytestmark = pytest.mark.slow
 
 SCRIPT = ROOT / "scripts" / "slurm_cluster.sh"
 # CPU jobs sized for a small node; two epochs so that a job can be interrupted after the first.
-ON_SLURM = ["hydra/launcher=slurm_cpu", *TINY, "trainer.max_epochs=2"]
+ON_SLURM = ["hydra/launcher=slurm_cpu", *TINY_SWEEP, "trainer.max_epochs=2"]
 VARIANTS = "model.peephole=none,full"
 
 
@@ -54,25 +57,20 @@ def slurm_cluster():
         subprocess.run([str(SCRIPT), "stop"], capture_output=True, text=True, timeout=120)
 
 
-def _env(tmp_path: Path, **extra: str) -> dict:
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1", **extra}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tmp_path), env.get("PYTHONPATH", "")) if p)
-    # The jobs inherit this environment (sbatch --export=ALL): nothing of another job or DDP run may leak in.
-    for var in [v for v in env if v.startswith("SLURM_")] + [
-            "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "WANDB_API_KEY",
-            "PEEPHOLE_LSTM_DDP_JOB"]:
-        env.pop(var, None)
-    return env
+def _env(tmp_path: Path) -> dict:
+    # The jobs inherit this environment (sbatch --export=ALL): script_env keeps out what another job or
+    # DDP run could leak in (SLURM_*, ranks); tmp_path holds the tests' own callback modules.
+    return script_env(pythonpath=[tmp_path], full_error=True)
 
 
 def _train_cmd(*overrides: str, sweep: Path) -> list[str]:
-    return [sys.executable, str(ROOT / "train.py"), "-m", *overrides, f"hydra.sweep.dir={sweep}"]
+    return command("train.py", "-m", *overrides, f"hydra.sweep.dir={sweep}")
 
 
 def _sweep(tmp_path: Path, *overrides: str, timeout: float = 600) -> tuple[subprocess.CompletedProcess, Path]:
     sweep = tmp_path / "sweep"
-    proc = subprocess.run(_train_cmd(*overrides, sweep=sweep), cwd=tmp_path, env=_env(tmp_path),
-                          capture_output=True, text=True, timeout=timeout)
+    proc = run_script("train.py", "-m", *overrides, f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=timeout,
+                      pythonpath=[tmp_path], full_error=True)
     return proc, sweep
 
 
@@ -306,7 +304,7 @@ def test_slurm_optuna_study_resumes_after_its_sweeper_dies_without_losing_or_rep
 
     db = tmp_path / "study.db"
     sweep = tmp_path / "sweep"
-    args = ["hydra/launcher=slurm_cpu", *TINY, "logger=csv", "hparams_search=optuna",
+    args = ["hydra/launcher=slurm_cpu", *TINY_SWEEP, "logger=csv", "hparams_search=optuna",
             f"hydra.sweeper.storage=sqlite:///{db}", "hydra.sweeper.study_name=s",
             "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2"]
     first = subprocess.Popen(_train_cmd(*args, sweep=sweep), cwd=tmp_path, env=_env(tmp_path),

@@ -5,9 +5,9 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from conftest import CONF, compose_config
 from peephole_lstm.training.checks import ConfigError, check_schema_keys, check_targets
 from peephole_lstm.training.schema import TrainConfig
+from tests.helpers.configs import CONF, compose_config
 
 
 def options(group: str) -> list[str]:

@@ -19,10 +19,12 @@ import pytest
 
 pytest.importorskip("tensorboard")
 pytest.importorskip("websocket")
-from chromium import Browser, chromium_binary  # noqa: E402
-from conftest import FAST, ROOT  # noqa: E402
+from tests.helpers.chromium import Browser, chromium_binary  # noqa: E402
+from tests.helpers.configs import FAST  # noqa: E402
+from tests.helpers.scripts import run_script  # noqa: E402
 
-pytestmark = pytest.mark.skipif(chromium_binary() is None, reason="needs chromium (apt-get install chromium)")
+pytestmark = [pytest.mark.skipif(chromium_binary() is None, reason="needs chromium (apt-get install chromium)"),
+              pytest.mark.slow]  # a two-job multirun, a TensorBoard server and a browser
 
 SWEEP = ["-m", "logger=tensorboard", "model.peephole=none,full", "data=timing", "data.n_train=32", "data.n_val=16",
          "data.n_test=16", "data.seq_len=20", "data.delay_min=2", "data.delay_max=10", "model.hidden_size=4",
@@ -39,10 +41,7 @@ def _free_port() -> int:
 def dashboard(tmp_path_factory):
     """A finished two-job sweep and a TensorBoard serving it on 127.0.0.1; yields its URL."""
     cwd = tmp_path_factory.mktemp("dashboard")
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    env.pop("LOCAL_RANK", None)
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *SWEEP, f"hydra.sweep.dir={cwd / 'sweep'}"],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    proc = run_script("train.py", *SWEEP, f"hydra.sweep.dir={cwd / 'sweep'}", cwd=cwd, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     port = _free_port()
     tensorboard = shutil.which("tensorboard", path=str(Path(sys.executable).parent)) or "tensorboard"

@@ -3,24 +3,16 @@ one message that says what is wrong and where, the exit status is non-zero, no t
 tree come before (or after) it, and HYDRA_FULL_ERROR=1 still gives the traceback."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
-from conftest import ROOT
+from tests.helpers.scripts import run_script
+
+pytestmark = pytest.mark.slow  # each test starts train.py (the in-process checks: tests/training/test_config.py)
 
 
 def run_train(*overrides: str, cwd, full_error: bool = False) -> tuple[int, list[str]]:
     """`python train.py overrides...` with stdout and stderr interleaved as a terminal shows them."""
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
-    env.pop("LOCAL_RANK", None)
-    env.pop("HYDRA_FULL_ERROR", None)
-    if full_error:
-        env["HYDRA_FULL_ERROR"] = "1"
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], cwd=cwd, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    proc = run_script("train.py", *overrides, cwd=cwd, full_error=full_error, merge_output=True)
     return proc.returncode, proc.stdout.splitlines()
 
 

@@ -3,13 +3,12 @@ onnxruntime on its test split."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from conftest import FAST, ROOT, compose_config, results
 from peephole_lstm.training import train
+from tests.helpers.configs import FAST, compose_config
+from tests.helpers.scripts import results, run_script
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -23,12 +22,12 @@ def fit(run_dir, *overrides):
     return results(run_dir)
 
 
+@pytest.mark.slow
 def test_export_script_on_a_run_directory(tmp_path):
     run = tmp_path / "run"
     res = fit(run, "data.length=400")
     out = tmp_path / "model.onnx"
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "export.py"), str(run), "--out", str(out),
-                           "--json", "-"], capture_output=True, text=True, timeout=600)
+    done = run_script("scripts/export.py", run, "--out", out, "--json", "-", timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
     assert report["checkpoint"].endswith(".ckpt") and "best-" in report["checkpoint"] and out.is_file()
@@ -53,7 +52,7 @@ def test_stateful_language_model_carries_its_state_through_onnx(tmp_path):
     assert report["test_loss_onnx"] == pytest.approx(report["test_loss_torch"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_export_script_refuses_a_directory_without_checkpoints(tmp_path):
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "export.py"), str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)
+    done = run_script("scripts/export.py", tmp_path)
     assert done.returncode == 1 and "expected one best checkpoint in checkpoints/" in done.stderr

@@ -4,11 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from classify_data import ToyClassifyDataModule
-from conftest import CONF, FAST, compose_config, results
 from peephole_lstm.data import DataError
 from peephole_lstm.training import SequenceModel, train
 from peephole_lstm.training.wandb_offline import offline_runs
+from tests.helpers.classify_data import ToyClassifyDataModule
+from tests.helpers.configs import CONF, FAST, compose_config
+from tests.helpers.scripts import results
 
 TASK_METRICS = {  # forecast and seq2seq share the regression metrics
     "regression": {"val/mse", "val/mae", "val/nrmse"},
@@ -107,7 +108,7 @@ def test_a_failing_job_ends_its_wandb_run_as_failed(tmp_path):
 
 def test_classification_task_end_to_end(tmp_path):
     cfg = compose_config("train", ["logger=csv", *FAST, "trainer.max_epochs=2"], output_dir=tmp_path)
-    cfg.data = {"_target_": "classify_data.ToyClassifyDataModule", "n": 64, "batch_size": 16}
+    cfg.data = {"_target_": "tests.helpers.classify_data.ToyClassifyDataModule", "n": 64, "batch_size": 16}
     train(cfg)
     res = results(tmp_path)
     assert res["status"] == "completed"

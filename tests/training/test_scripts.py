@@ -3,13 +3,15 @@ the produced checkpoint, bad input failing before training, and DDP on CPU with 
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 import torch
 
-from conftest import FAST, results, run_dirs, run_script
 from peephole_lstm.training.wandb_offline import read_offline_run
+from tests.helpers.configs import FAST
+from tests.helpers.scripts import results, run_dirs, run_script
+
+pytestmark = pytest.mark.slow  # every test starts train.py or eval.py
 
 TINY = [*FAST, "trainer.max_epochs=2", "+trainer.limit_train_batches=3", "data.length=400"]
 TINY = [o for o in TINY if o not in ("trainer.max_epochs=1", "+trainer.limit_train_batches=2")]
@@ -17,18 +19,15 @@ TINY = [o for o in TINY if o not in ("trainer.max_epochs=1", "+trainer.limit_tra
 
 def test_showcase_run_then_eval_on_its_checkpoint(tmp_path):
     """`python train.py` as shipped (tags only label the W&B run): the showcase of the README and docs/configuration.md."""
-    start = time.perf_counter()
     proc = run_script("train.py", "tags=[showcase,test]", cwd=tmp_path)
-    seconds = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = run_dirs(tmp_path)
     res = results(run)
     assert res["status"] == "completed" and res["error"] is None
     assert res["overrides"] == ["tags=[showcase,test]"]
-    # a meaningful forecast (persistence scores 0.152 on this split; docs/configuration.md: 0.022 in 15-17 s). The time
-    # bound only guards against gross regressions: the 60 s target is measured on an idle machine.
+    # a meaningful forecast (persistence scores 0.152 on this split; docs/configuration.md: 0.022). How long it
+    # takes is measured, not asserted: a loaded CI machine says nothing about the code (docs/testing.md).
     assert res["metrics"]["test/nrmse"] < 0.05
-    assert seconds < 120, f"the showcase took {seconds:.0f} s"
     assert {"train/loss", "val/loss", "val/mse", "val/mae", "val/nrmse",
             "test/loss", "test/mse", "test/mae", "test/nrmse"} <= set(res["metrics"])
     assert res["run_dir"] == str(run.resolve()) and res["seed"] == 0 and res["package_version"]

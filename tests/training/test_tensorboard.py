@@ -9,9 +9,10 @@ pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 from tensorboard.plugins.hparams import plugin_data_pb2  # noqa: E402
 
-from conftest import FAST, compose_config, results  # noqa: E402
 from peephole_lstm.training import train  # noqa: E402
 from peephole_lstm.training.loggers import run_hparams  # noqa: E402
+from tests.helpers.configs import FAST, compose_config  # noqa: E402
+from tests.helpers.scripts import results  # noqa: E402
 
 EPOCHS = 3
 
