@@ -17,6 +17,10 @@ from .helpers import make_lstm
 from .test_fused import OPTIONS, kernel
 
 KERNELS = ["torch"] + (["cpp"] if fused.extension_available() else [])
+# gradgradcheck costs seconds a case: the fast lane (docs/testing.md) checks the C++ kernel (when built) on
+# one-layer modules; the fused-torch twin, the two-layer bidirectional case and TorchScript run in the full suite.
+SLOW = pytest.mark.slow
+LANE_KERNELS = [k if k == "cpp" else pytest.param(k, marks=SLOW) for k in KERNELS]
 
 
 def _gradgradcheck(lstm, x, lengths=None):
@@ -33,8 +37,9 @@ def _gradgradcheck(lstm, x, lengths=None):
     assert torch.autograd.gradgradcheck(f, (x, *params), fast_mode=True, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", KERNELS)
-@pytest.mark.parametrize("kwargs", OPTIONS, ids=[str(o) for o in OPTIONS])
+@pytest.mark.parametrize("name", LANE_KERNELS)
+@pytest.mark.parametrize("kwargs", [pytest.param(o, marks=SLOW) if o.get("num_layers", 1) > 1 else o for o in OPTIONS],
+                         ids=[str(o) for o in OPTIONS])
 def test_gradgradcheck_fused(name, kwargs):
     lstm = make_lstm(2, 4, **kwargs, backend="fused")  # hidden 4: room for the proj_size=3 case
     x = torch.randn(4, 2, 2, dtype=torch.float64, requires_grad=True)
@@ -43,7 +48,7 @@ def test_gradgradcheck_fused(name, kwargs):
         assert lstm.last_path == f"fused-{name}"
 
 
-@pytest.mark.parametrize("name", KERNELS)
+@pytest.mark.parametrize("name", LANE_KERNELS)
 def test_gradgradcheck_fused_packed(name):
     lstm = make_lstm(2, 3, peephole="full", bidirectional=True, backend="fused")
     x = torch.randn(4, 3, 2, dtype=torch.float64, requires_grad=True)
@@ -51,8 +56,10 @@ def test_gradgradcheck_fused_packed(name):
         _gradgradcheck(lstm, x, lengths=torch.tensor([4, 2, 3]))
 
 
-@pytest.mark.parametrize("backend", ["eager", "script"])
-@pytest.mark.parametrize("kwargs", [dict(peephole="full"), dict(layer_norm=True, gate_recurrence=True)],
+@pytest.mark.parametrize("backend", ["eager", pytest.param("script", marks=SLOW)])
+@pytest.mark.parametrize("kwargs", [dict(peephole="full"),
+                                    # layer norm: many more ops in gradgradcheck's Jacobians (the slow case)
+                                    pytest.param(dict(layer_norm=True, gate_recurrence=True), marks=SLOW)],
                          ids=["full", "layer_norm-FGR"])
 def test_gradgradcheck_loop_backends(backend, kwargs):
     lstm = make_lstm(2, 3, **kwargs, backend=backend)

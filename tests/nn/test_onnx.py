@@ -112,6 +112,7 @@ def test_onnxruntime_input_forget_derives_the_forget_gate():
     assert np.abs(y[:, 0] - reference(derive_forget=False)).max() > 1e-2
 
 
+@pytest.mark.slow  # torch.onnx.export (Dynamo) and onnxruntime
 @pytest.mark.parametrize("kwargs", LSTM_OP.values(), ids=LSTM_OP.keys())
 def test_expressible_options_export_as_the_lstm_operator(kwargs, tmp_path):
     lstm = _module(kwargs)
@@ -123,6 +124,7 @@ def test_expressible_options_export_as_the_lstm_operator(kwargs, tmp_path):
     _assert_close(_run(session, x), (out, h_n, c_n))
 
 
+@pytest.mark.slow  # torch.onnx.export (Dynamo) and onnxruntime
 def test_initial_state_and_variable_lengths_match_packed_sequences(tmp_path):
     """Lengths become the operator's sequence_lens; the reference is the same batch as a PackedSequence."""
     lstm = _module(dict(num_layers=2, bidirectional=True))
@@ -137,6 +139,7 @@ def test_initial_state_and_variable_lengths_match_packed_sequences(tmp_path):
     _assert_close(_run(session, x, *hx, lengths), (out, h_n, c_n))
 
 
+@pytest.mark.slow  # torch.onnx.export (Dynamo) and onnxruntime
 @pytest.mark.parametrize("kwargs", SCAN.values(), ids=SCAN.keys())
 def test_other_options_export_as_a_scan_loop(kwargs, tmp_path):
     lstm = _module(kwargs)
@@ -150,6 +153,7 @@ def test_other_options_export_as_a_scan_loop(kwargs, tmp_path):
     _assert_close(_run(session, x, lengths), (out, h_n, c_n))
 
 
+@pytest.mark.slow  # torch.onnx.export (Dynamo) and onnxruntime
 def test_float64_weights_order_with_the_reference_evaluator(tmp_path):
     """onnxruntime's LSTM has no float64 kernel; onnx's reference evaluator does (without sequence_lens
     and activations, so default options): the re-ordered weights are exact there."""

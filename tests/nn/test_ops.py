@@ -50,8 +50,10 @@ def _op_inputs(kwargs, lengths: bool, seed: int = 0):
     return (xz, leaf(B, opts.output_size), leaf(B, opts.hidden_size), w_hh, w_ch, w_hr, lens, *fused.config(opts))
 
 
-@pytest.mark.parametrize("name", KERNELS)
-@pytest.mark.parametrize("lengths", [False, True], ids=["full-length", "lengths"])
+# opcheck traces each call through fake tensors and AOT autograd, a second or more per case: the fast lane
+# (docs/testing.md) keeps the C++ kernel at full length, the full suite every combination.
+@pytest.mark.parametrize("name", [k if k == "cpp" else pytest.param(k, marks=pytest.mark.slow) for k in KERNELS])
+@pytest.mark.parametrize("lengths", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["full-length", "lengths"])
 @pytest.mark.parametrize("kwargs", OP_OPTIONS.values(), ids=OP_OPTIONS.keys())
 def test_opcheck(kwargs, lengths, name):
     """Schema (no hidden mutation or aliasing), autograd registration, fake kernels (against the real
@@ -118,6 +120,7 @@ def _train_values(model, x):
     return list(values) + list(gradients(weighted_sum(values), [*model.parameters()]))
 
 
+@pytest.mark.slow  # Dynamo tracing
 def test_compile_keeps_one_operator_per_layer_and_direction_without_recompiling():
     torch._dynamo.reset()
     counters.clear()
@@ -138,6 +141,7 @@ def test_compile_keeps_one_operator_per_layer_and_direction_without_recompiling(
     torch._dynamo.reset()
 
 
+@pytest.mark.slow  # Dynamo tracing
 def test_compiled_graph_does_not_grow_with_the_sequence_length():
     """Static shapes, two lengths: the same number of nodes (the eager per-step loop would unroll)."""
     sizes = []
@@ -152,6 +156,7 @@ def test_compiled_graph_does_not_grow_with_the_sequence_length():
     torch._dynamo.reset()
 
 
+@pytest.mark.slow  # Inductor generates and compiles C++
 def test_inductor_train_step_matches_eager_for_new_lengths_and_batch_sizes():
     """The default backend (inductor generates code around the operators), float32, as users compile."""
     torch._dynamo.reset()
@@ -167,6 +172,7 @@ def test_inductor_train_step_matches_eager_for_new_lengths_and_batch_sizes():
     torch._dynamo.reset()
 
 
+@pytest.mark.slow  # Dynamo tracing
 def test_export_has_one_operator_per_layer_and_direction_and_dynamic_dims():
     lstm = make_lstm(3, 4, num_layers=2, bidirectional=True, batch_first=True, peephole="full").eval()
     dims = {"input": {0: Dim("batch", min=2), 1: Dim("seq", min=2)}}
@@ -184,6 +190,7 @@ def test_export_has_one_operator_per_layer_and_direction_and_dynamic_dims():
     assert counts[0] == counts[1], counts
 
 
+@pytest.mark.slow  # Dynamo tracing
 def test_scripted_cell_and_compiled_layer_match_eager():
     cell = make_cell(3, 4, peephole="full", coupled=True)
     lstm = make_lstm(3, 4, peephole="full", coupled=True)

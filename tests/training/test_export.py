@@ -22,7 +22,7 @@ def fit(run_dir, *overrides):
     return results(run_dir)
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # scripts/export.py as a process
 def test_export_script_on_a_run_directory(tmp_path):
     run = tmp_path / "run"
     res = fit(run, "data.length=400")
@@ -38,6 +38,7 @@ def test_export_script_on_a_run_directory(tmp_path):
     assert report["test_loss_onnx"] == pytest.approx(report["test_loss_torch"], rel=1e-5)
 
 
+@pytest.mark.slow  # trains a character LM, then exports a Scan loop and runs it in onnxruntime
 def test_stateful_language_model_carries_its_state_through_onnx(tmp_path):
     """A stateful LM: the ONNX model takes and returns the state, carried across test batches as in training."""
     from peephole_lstm.training.export_onnx import export_checkpoint

@@ -46,6 +46,7 @@ def test_invalid_mode_lists_the_allowed_values(no_credentials):
         resolve_wandb_mode("onlin")
 
 
+@pytest.mark.slow  # a real W&B offline run (wandb-core starts), long enough to span blocks
 def test_offline_run_reader_reads_back_a_real_run_across_blocks(tmp_path):
     import wandb
 

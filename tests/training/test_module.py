@@ -81,6 +81,7 @@ def test_invalid_model_options_name_the_key(overrides, message):
         recurrent_network(model_cfg(**overrides), 3)
 
 
+@pytest.mark.slow  # torch.compile of the whole model
 def test_compile_compiles_the_whole_model_in_place():
     """model.compile=true: the network through torch.compile (inductor, dynamic shapes), the same losses and
     gradients as the uncompiled model, the same parameter names (checkpoints load either way), and one
