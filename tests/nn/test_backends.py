@@ -60,6 +60,7 @@ def test_backends_agree_with_eager(kwargs, backend):
     _assert_same(_run(other.float(), x.float()), _run(eager.float(), x.float()), 1e-5)
 
 
+@pytest.mark.slow  # Dynamo tracing
 def test_compile_backend_agrees_with_eager():
     kwargs = CASES["FGR-layer_norm-CIFG-clip"] | dict(num_layers=2, bidirectional=True, peephole="full")
     eager = make_lstm(IN, HID, backend="eager", **kwargs)
@@ -116,8 +117,8 @@ def test_unscriptable_use_is_reported():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(), dict(num_layers=2, bidirectional=True, peephole="full", gate_recurrence=True, layer_norm=True,
-                  proj_size=2, zoneout=0.2, batch_first=True)],
+    [dict(), pytest.param(dict(num_layers=2, bidirectional=True, peephole="full", gate_recurrence=True, layer_norm=True,
+                               proj_size=2, zoneout=0.2, batch_first=True), marks=pytest.mark.slow)],
     ids=["vanilla", "2layers-bi-full-FGR-layer_norm-proj-zoneout"],
 )
 def test_export_matches_eager(kwargs):
@@ -130,6 +131,7 @@ def test_export_matches_eager(kwargs):
     _assert_same((got[0], *got[1]), (out, h_n, c_n), 1e-6)
 
 
+@pytest.mark.slow  # Dynamo tracing
 def test_cell_and_layer_trace_as_one_graph():
     """fullgraph=True fails on any graph break; dynamo's "eager" backend checks that without paying for
     an inductor compilation (the compile backend test above pays for one)."""

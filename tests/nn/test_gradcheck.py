@@ -33,7 +33,12 @@ def _gradcheck(module, args, fast_mode=False):
     assert torch.autograd.gradcheck(f, (*args, *params), eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=fast_mode)
 
 
-@pytest.mark.parametrize("kwargs", CASES.values(), ids=CASES.keys())
+def _lane(cases):
+    """Layer norm multiplies gradcheck's work: its cases run in the full suite only (docs/testing.md)."""
+    return [pytest.param(kw, marks=pytest.mark.slow) if kw.get("layer_norm") else kw for kw in cases]
+
+
+@pytest.mark.parametrize("kwargs", _lane(CASES.values()), ids=CASES.keys())
 def test_gradcheck_layer(kwargs):
     # fast_mode (random projections of the Jacobian) keeps the two-layer bidirectional check cheap; the
     # cell test below checks the full Jacobian of one step.

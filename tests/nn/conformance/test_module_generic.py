@@ -265,13 +265,18 @@ _gradgradcheck = partial(torch.autograd.gradgradcheck, check_batched_grad=True, 
 # mode only: these samples have dropout 0, so the two modes compute the same (test_forward runs both).
 
 
-@pytest.mark.parametrize("kind", KINDS)
+# gradcheck of the multi-layer LSTM samples takes tens of seconds per implementation: the fast lane
+# (docs/testing.md) checks the cell, the full suite both.
+GRAD_KINDS = [pytest.param("LSTM", marks=pytest.mark.slow), "LSTMCell"]
+
+
+@pytest.mark.parametrize("kind", GRAD_KINDS)
 def test_grad(impl, kind):
     _gradient_check(impl, kind, True, _gradcheck, SUBSET if kind == "LSTM" else [0, 1], partials=False)
     _gradient_check(impl, kind, True, _gradcheck, [19] if kind == "LSTM" else [0], partials=True)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", GRAD_KINDS)
 def test_gradgrad(impl, kind):
     _gradient_check(impl, kind, True, _gradgradcheck, [9, 20] if kind == "LSTM" else [0], partials=False)
 
