@@ -171,6 +171,7 @@ def test_gradcheck(name):
         assert torch.autograd.gradcheck(f, (x, *params))
 
 
+@pytest.mark.slow  # the float64 test above is the fast lane's check of the kernel against eager
 @NEEDS_ONEDNN
 @pytest.mark.parametrize("gemm", ["cpp-onednn", "cpp-brgemm"])
 @pytest.mark.parametrize("kwargs", OPTIONS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
@@ -211,6 +212,7 @@ def test_each_gemm_implementation_really_runs():
             _assert_close(runs[name], runs["cpp-mkl"], 1e-5 if dtype == torch.float32 else 1e-12)
 
 
+@pytest.mark.slow  # larger modules, many calls
 @pytest.mark.skipif(not fused.extension_available(), reason="needs the C++ kernel")
 @pytest.mark.parametrize("kwargs", [dict(peephole="diagonal"), dict(peephole="full", proj_size=48, cell_clip=0.5)])
 def test_reused_buffers_give_the_same_results_every_call(kwargs):
@@ -245,7 +247,8 @@ def test_reused_buffers_give_the_same_results_every_call(kwargs):
 @pytest.mark.parametrize("name", KERNELS)
 def test_float32_and_bfloat16_follow_float64(name):
     ref = make_lstm(6, 8, seed=1, backend="fused", peephole="full", proj_size=4)
-    x = torch.randn(10, 4, 6, dtype=torch.float64)
+    # Seeded like the weights: bfloat16's 0.1 tolerance must not depend on which tests drew numbers before.
+    x = torch.randn(10, 4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     with kernel(name):
         want = _run(ref, x)
         for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 0.1)):
@@ -289,6 +292,7 @@ def test_output_is_not_a_view_of_the_saved_state():
     assert torch.isfinite(torch.autograd.grad(out.sum() + h.sum(), list(lstm.parameters()))[0]).all()
 
 
+@pytest.mark.slow  # Dynamo tracing
 def test_compile_backend_compiles_once_for_all_lengths_and_batch_sizes():
     from torch._dynamo.utils import counters
 

@@ -185,6 +185,7 @@ def _options(draw):
     return kwargs
 
 
+@pytest.mark.slow  # 25 random option combinations; the parametrized tests above cover each option
 @settings(max_examples=25, deadline=None, derandomize=True)
 @given(kwargs=_options(), seed=st.integers(0, 2**16))
 def test_any_option_combination_matches_reference(kwargs, seed):

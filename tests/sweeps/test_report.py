@@ -196,6 +196,7 @@ def test_csv_columns_and_values(sweep, tmp_path):
     assert jobs[5]["group"] == "(all jobs)" and jobs[5]["arm"] == "model.peephole=diagonal"
 
 
+@pytest.mark.slow  # matplotlib renders and reads back the PNG
 def test_box_plot_png_is_written_and_not_blank(sweep, tmp_path):
     report = write_report(discover_jobs(sweep), tmp_path / "out")
     (group,) = report.groups
@@ -498,6 +499,7 @@ def test_epochs_to_threshold_and_median_rules():
     assert median_epochs([2, 4, None]) == 4
 
 
+@pytest.mark.slow  # matplotlib renders and reads back the PNG
 def test_learning_curve_png(with_history, tmp_path):
     report = write_report(discover_jobs(with_history), tmp_path / "out")
     (group,) = report.groups
