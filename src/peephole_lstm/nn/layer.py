@@ -1,5 +1,5 @@
 """PeepholeLSTM: a multi-layer, optionally bidirectional peephole LSTM with torch.nn.LSTM's contract."""
-from __future__ import annotations
+# (No `from __future__ import annotations`: TorchScript reads the `StepFlags` class annotations as objects.)
 
 import functools
 import warnings
@@ -13,7 +13,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from peephole_lstm.nn.cell import (
     INPUT_WEIGHTS, PARAMETER_NAMES, STEP_WEIGHTS, _check_dtype, make_parameters, reset_parameters, step_flags,
 )
-from peephole_lstm.nn.functional import input_projection, lstm_sequence, lstm_step, reverse_padded
+from peephole_lstm.nn.functional import StepFlags, input_projection, lstm_sequence, lstm_step, reverse_padded
 from peephole_lstm.nn import fused, onnx_export, ops
 from peephole_lstm.nn.errors import InputError
 from peephole_lstm.nn.options import BACKENDS, CellOptions, _choice, _flag, _size
@@ -407,7 +407,7 @@ class PeepholeLSTM(nn.Module):
                 # (Only here: under torch.compile, asking the cache for a step function on the fused
                 # path would only make dynamo warn about tracing through functools.cache.)
                 sequence = functools.partial(lstm_sequence, _step_function(path.split(" ")[0]))
-            flags = step_flags(opts, self.training)
+            flags = step_flags(opts)
             gates0 = x.new_zeros(x.shape[1], len(opts.gate_names) * opts.hidden_size if opts.gate_recurrence else 0)
         outputs = []
         for direction in range(self.num_directions):
@@ -421,7 +421,7 @@ class PeepholeLSTM(nn.Module):
                 xz = input_projection(x, *input_weights)
                 if direction:
                     xz = reverse_padded(xz, lengths)
-                out, h, c, _ = sequence(xz, h0[j], c0[j], gates0, lengths, weights, flags)
+                out, h, c, _ = sequence(xz, h0[j], c0[j], gates0, lengths, weights, flags, self.training)
             outputs.append(reverse_padded(out, lengths) if direction else out)
             h_n.append(h)
             c_n.append(c)
@@ -457,6 +457,8 @@ class PeepholeLSTM(nn.Module):
     # lstm_step (the "eager" backend's numbers) over the weights as a list, as nn.LSTM's scripted forward
     # reads its _flat_weights. The fused path is an autograd.Function, which TorchScript cannot call.
     __jit_unused_properties__ = ["_flat_weights", "all_weights"]
+    # Declared so that TorchScript types them as NamedTuples (from the values it would infer plain tuples).
+    _script_flags: List[StepFlags]
 
     def __prepare_scriptable__(self) -> "PeepholeLSTM":
         """Called by torch.jit.script before compiling: snapshot the weights into a list TorchScript can
@@ -474,9 +476,7 @@ class PeepholeLSTM(nn.Module):
                         flat.append(w)
                 index.append(row)
         self._script_weights, self._script_index = flat, index
-        self._script_layout = [step_flags(o, False)[0] for o in self.options]
-        self._script_flags = [list(step_flags(o, False)[1:6]) for o in self.options]
-        self._script_clip_zoneout = [[float(o.cell_clip or 0.0), float(o.zoneout)] for o in self.options]
+        self._script_flags = [step_flags(o) for o in self.options]
         self._script_gate_width = [len(o.gate_names) * o.hidden_size if o.gate_recurrence else 0 for o in self.options]
         return self
 
@@ -506,8 +506,7 @@ class PeepholeLSTM(nn.Module):
         h_n: List[Tensor] = []
         c_n: List[Tensor] = []
         for layer in range(self.num_layers):
-            idx, flags = self._script_layout[layer], self._script_flags[layer]
-            clip, zoneout = self._script_clip_zoneout[layer][0], self._script_clip_zoneout[layer][1]
+            f = self._script_flags[layer]
             outputs: List[Tensor] = []
             for direction in range(self.num_directions):
                 j = layer * self.num_directions + direction
@@ -522,7 +521,8 @@ class PeepholeLSTM(nn.Module):
                     h, c, a = lstm_step(
                         xz_t, h, c, a, w[k[1]], _pick(w, k[5]), _pick(w, k[6]), _pick(w, k[4]),
                         _pick(w, k[9]), _pick(w, k[10]), _pick(w, k[11]), _pick(w, k[12]),
-                        idx, flags[0], flags[1], flags[2], flags[3], flags[4], clip, zoneout, self.training,
+                        f.idx, f.peep_full, f.peep_current, f.coupled, f.act_in_tanh, f.act_out_tanh, f.cell_clip,
+                        f.zoneout, self.training,
                     )
                     steps.append(h)
                 out = torch.stack(steps)
