@@ -1,6 +1,7 @@
 """PeepholeLSTM: a multi-layer, optionally bidirectional peephole LSTM with torch.nn.LSTM's contract."""
 # (No `from __future__ import annotations`: TorchScript reads the `StepFlags` class annotations as objects.)
 
+import dataclasses
 import functools
 import warnings
 from typing import List, Optional, Tuple
@@ -16,7 +17,7 @@ from peephole_lstm.nn.cell import (
 from peephole_lstm.nn.functional import StepFlags, input_projection, lstm_sequence, lstm_step, reverse_padded
 from peephole_lstm.nn import fused, onnx_export, ops
 from peephole_lstm.nn.errors import InputError
-from peephole_lstm.nn.options import BACKENDS, CellOptions, _choice, _flag, _size
+from peephole_lstm.nn.options import BACKENDS, CELL_OPTIONS, CellOptions, _choice, _flag, _size
 
 
 @functools.cache
@@ -29,6 +30,21 @@ def _step_function(backend: str):
         # dynamic=True: one graph for every batch size (the step never sees the sequence length).
         return torch.compile(lstm_step, fullgraph=True, dynamic=True)
     return lstm_step
+
+
+def check_layer_arguments(num_layers: int, batch_first: bool, dropout: float, bidirectional: bool,
+                          backend: str) -> None:
+    """The checks PeepholeLSTM makes of its arguments that are not cell options (CellOptions checks
+    those), callable without building a network: the training config is validated this way."""
+    _size("num_layers", num_layers, 1)
+    _flag("batch_first", batch_first)
+    _flag("bidirectional", bidirectional)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout <= 1.0:
+        raise ValueError(f"dropout={dropout!r} must be a probability in [0, 1]")
+    _choice("backend", backend, BACKENDS)
+    if backend == "triton" and not fused.triton_available():
+        raise ImportError("PeepholeLSTM(backend='triton') needs the triton package: "
+                          "pip install 'peephole-lstm[triton]'")
 
 
 class PeepholeLSTM(nn.Module):
@@ -177,37 +193,28 @@ class PeepholeLSTM(nn.Module):
         device=None,
         dtype=None,
     ):
+        # The cell options by CellOptions' field names, so that their list is not written out a second time
+        # (tests/training/test_single_source.py holds this signature to CellOptions' fields and defaults).
+        arguments = locals()
+        cell_options = {name: arguments[name] for name in CELL_OPTIONS}
         super().__init__()
-        _size("num_layers", num_layers, 1)
-        _flag("batch_first", batch_first)
-        _flag("bidirectional", bidirectional)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout <= 1.0:
-            raise ValueError(f"dropout={dropout!r} must be a probability in [0, 1]")
+        check_layer_arguments(num_layers, batch_first, dropout, bidirectional, backend)
         if dropout > 0 and num_layers == 1:
             warnings.warn(
                 f"dropout={dropout} has no effect with num_layers=1: dropout is applied between layers, "
                 "as in nn.LSTM"
             )
-        self.backend = _choice("backend", backend, BACKENDS)
-        if backend == "triton" and not fused.triton_available():
-            raise ImportError("PeepholeLSTM(backend='triton') needs the triton package: "
-                              "pip install 'peephole-lstm[triton]'")
+        self.backend = backend
         self.last_path = None  # Optional[str]: the implementation the last forward ran (see _path)
         self._warned = set()  # reasons already warned about (backend="fused" or "triton")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional, self.proj_size = bidirectional, proj_size
         self.num_directions = 2 if bidirectional else 1
-        cell_options = dict(
-            peephole=peephole, peephole_gates=peephole_gates, output_peephole=output_peephole, coupled=coupled,
-            input_gate=input_gate, forget_gate=forget_gate, output_gate=output_gate,
-            input_activation=input_activation, output_activation=output_activation,
-            gate_recurrence=gate_recurrence, forget_bias=forget_bias, cell_clip=cell_clip,
-            layer_norm=layer_norm, zoneout=zoneout,
-        )
-        first = CellOptions(input_size, hidden_size, bias, proj_size, **cell_options)
+        first = CellOptions(input_size, hidden_size, bias, **cell_options)
+        # Layers > 0 read the previous layer's output (both directions side by side).
         self.options = [first] + [
-            CellOptions(first.output_size * self.num_directions, hidden_size, bias, proj_size, **cell_options)
+            dataclasses.replace(first, input_size=first.output_size * self.num_directions)
             for _ in range(num_layers - 1)
         ]
         # Registered in nn.LSTM's order (layer, direction, then ih, hh, biases, hr) so state_dicts line up.
