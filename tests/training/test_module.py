@@ -23,7 +23,7 @@ def _default_model() -> dict:
 
 def model_cfg(**overrides) -> dict:
     cfg = copy.deepcopy(_default_model())
-    cfg.update(hidden_size=8, **overrides)
+    cfg.update({"hidden_size": 8, **overrides})
     return cfg
 
 
