@@ -25,7 +25,7 @@ from peephole_lstm.training.errors import check_missing, instantiate
 from peephole_lstm.training.loggers import (
     TensorBoardLogger, close_loggers, finish_wandb, run_hparams, swept_overrides, wandb_info,
 )
-from peephole_lstm.training.module import SequenceModel, recurrent_network
+from peephole_lstm.training.module import SequenceModel, network_arguments
 from peephole_lstm.training.schema import EvalConfig, TrainConfig
 from peephole_lstm.training.runinfo import (
     hydra_overrides, print_config_tree, resolved, save_config, write_results,
@@ -145,7 +145,8 @@ def _prepare_fit(cfg: DictConfig) -> _Prepared:
     check_targets(cfg.model.optimizer, "model.optimizer")
     if cfg.model.scheduler:
         check_targets(cfg.model.scheduler, "model.scheduler")
-    recurrent_network(model_cfg, input_size=1)  # model options fail here, before any data is loaded
+    # Model options fail here, before any data is loaded; the input size is the data's, any valid one will do.
+    network_arguments(model_cfg, input_size=1)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the config tree shows the seed
 
     datamodule = instantiate(cfg.data, "data")
