@@ -33,6 +33,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from peephole_lstm import rundir
 from peephole_lstm.training.checks import ConfigError
 
 LAST = "last"  # ckpt_path=last: <run dir>/checkpoints/last.ckpt
@@ -207,7 +208,7 @@ def resolve_ckpt_path(ckpt_path: Optional[str], run_dir: str | Path) -> Optional
         return None
     if str(ckpt_path) != LAST:
         return Path(ckpt_path)
-    path = Path(run_dir) / "checkpoints" / "last.ckpt"
+    path = rundir.last_checkpoint(run_dir)
     if not path.is_file():
         raise CheckpointError(
             f"ckpt_path=last: there is no {str(path)!r}. To resume a run, start train.py in that run's directory "
@@ -319,7 +320,7 @@ def prepare_resume(cfg: DictConfig, current_config: dict) -> Optional[Resume]:
     with open_dict(cfg):
         cfg.ckpt_path = str(path.resolve())
     resume = Resume(path=path, epoch=int(checkpoint["epoch"]), epoch_log=checkpoint.get(EPOCH_LOG))
-    if path.resolve().parent != (run_dir / "checkpoints").resolve():
+    if path.resolve().parent != rundir.checkpoint_dir(run_dir).resolve():
         return resume  # a checkpoint from elsewhere starts a new run (fine-tuning, a copied checkpoint)
     wandb = (cfg.get("logger") or {}).get("wandb")
     if wandb and wandb.get("id") is None:
