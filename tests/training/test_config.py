@@ -6,7 +6,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from conftest import CONF, compose_config
-from peephole_lstm.training.checks import ConfigError, check_schema_keys, check_targets
+from peephole_lstm.training.checks import check_schema_keys, check_targets
+from peephole_lstm.training.errors import ConfigError
 from peephole_lstm.training.schema import TrainConfig
 
 

@@ -34,7 +34,7 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from peephole_lstm import rundir
-from peephole_lstm.training.checks import ConfigError
+from peephole_lstm.training.errors import ConfigError
 
 LAST = "last"  # ckpt_path=last: <run dir>/checkpoints/last.ckpt
 # Data-only types that Lightning may pickle into a checkpoint besides tensors and builtins.

@@ -25,7 +25,7 @@ from torch.export import Dim
 
 from peephole_lstm import rundir
 from peephole_lstm.training.module import SequenceModel
-from peephole_lstm.training.checks import ConfigError
+from peephole_lstm.training.errors import ConfigError
 from peephole_lstm.training.run import load_checkpoint
 
 

@@ -22,13 +22,14 @@ from torchmetrics.text import Perplexity
 from peephole_lstm import PeepholeLSTM, variants
 from peephole_lstm.nn.layer import check_layer_arguments
 from peephole_lstm.nn.options import CELL_OPTIONS, CellOptions
+from peephole_lstm.training.errors import ConfigError
 from peephole_lstm.training.metrics import BitsPerCharacter, NormalizedRMSE, SolveRate, TimingError
 
 # The options' defaults, to tell the options a user set from the ones a variant preset may replace.
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(CellOptions)}
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(ConfigError):
     """A `model.*` setting that is invalid on its own or for this task; the message names the key."""
 
 

@@ -21,8 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from peephole_lstm import rundir
 from peephole_lstm.training import ddp
 from peephole_lstm.training.checkpointing import AtomicCheckpointIO, Resume, load_file, prepare_resume
-from peephole_lstm.training.checks import ConfigError, check_schema_keys, check_targets
-from peephole_lstm.training.errors import check_missing, instantiate
+from peephole_lstm.training.checks import check_schema_keys, check_targets
+from peephole_lstm.training.errors import ConfigError, check_missing, instantiate
 from peephole_lstm.training.loggers import (
     TensorBoardLogger, close_loggers, finish_wandb, run_hparams, swept_overrides, wandb_info,
 )
