@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from peephole_lstm.training.faults import FiniteGuard, NonFiniteError
+from peephole_lstm.training.callbacks import FiniteGuard, NonFiniteError
 from reliability_helpers import TINY, csv_rows, results, run_script
 
 # The learning rate jumps by 1e30 after the first epoch (a real scheduler config): the first epoch trains

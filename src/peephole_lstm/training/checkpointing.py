@@ -29,7 +29,6 @@ import numpy as np
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.fabric.utilities.data import AttributeDict
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -43,7 +42,7 @@ SAFE_GLOBALS = [AttributeDict]
 TRAINING_KEYS = ("state_dict", "epoch", "global_step", "loops", "optimizer_states")
 # Config that must match the checkpoint's for a resume to continue the same experiment.
 SAME_RUN_KEYS = ("seed", "data", "model")
-RNG_STATES = "rng_states"  # checkpoint key: random generators' states when it was saved
+RNG_STATES = "rng_states"  # checkpoint key: random generators' states when it was saved (callbacks.LastCheckpoint)
 EPOCH_LOG = "epoch_log"  # checkpoint key: the training metrics of the epoch the checkpoint ends
 
 
@@ -109,47 +108,6 @@ def set_rng_states(states: dict) -> None:
     kind, keys, pos, has_gauss, gauss = states["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(states["python"])
-
-
-class LastCheckpoint(ModelCheckpoint):
-    """`<dirpath>/last.ckpt` at the end of every training epoch, improved or not, for `ckpt_path=last`.
-
-    ModelCheckpoint(save_last=True) refreshes last.ckpt only when it saves a new best, so a resume from it
-    would redo every epoch since the last improvement. Checkpoints also carry what a resume needs to
-    continue exactly like an uninterrupted run: the random generators' states (dropout, zoneout), restored
-    when the next epoch starts, and the epoch's training metrics (EPOCH_LOG), which Lightning logs just
-    after this save, so that a resume after a kill in between can still write that epoch's row.
-    """
-
-    def __init__(self, dirpath: str, filename: str = "last") -> None:
-        super().__init__(dirpath=dirpath, filename=filename, monitor=None, save_top_k=1, save_last=False,
-                         save_on_train_epoch_end=True, enable_version_counter=False)
-        self._restored_rng: Optional[dict] = None
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> dict:
-        checkpoint[RNG_STATES] = rng_states()
-        progress = trainer.fit_loop.epoch_progress.current
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
-        if progress.processed > progress.completed and metrics:  # inside the epoch-end hooks: values are final
-            checkpoint[EPOCH_LOG] = {"epoch": trainer.current_epoch, "step": trainer.global_step - 1, "metrics": metrics}
-        return super().on_save_checkpoint(trainer, pl_module, checkpoint)
-
-    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        # Applied at the next epoch start, not now: building the run in between draws random numbers too.
-        self._restored_rng = checkpoint.get(RNG_STATES)
-        return super().on_load_checkpoint(trainer, pl_module, checkpoint)
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if self._restored_rng is None:
-            return
-        set_rng_states(self._restored_rng)
-        self._restored_rng = None
-        # An uninterrupted run starts this epoch's data iterator only now, which draws its base seed from
-        # the global generator; Lightning started the first resumed epoch's iterator before this hook.
-        # Replaying that start keeps every later draw (dropout masks) where it would have been.
-        loader = trainer.train_dataloader
-        if loader is not None:
-            iter(loader)
 
 
 # ---------------------------------------------------------------------------------------------- reading
