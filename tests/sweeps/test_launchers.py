@@ -8,7 +8,7 @@ import submitit
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, LocalQueueConf, SlurmQueueConf
 from omegaconf import OmegaConf
 
 from peephole_lstm.sweeps import discover_jobs, group_jobs
@@ -54,10 +54,10 @@ PREEMPT = textwrap.dedent('''
 ''')
 
 
-def test_submitit_local_multirun_requeues_a_preempted_job_and_resumes_from_last_ckpt(tmp_path):
+def test_local_submitit_multirun_requeues_a_preempted_job_and_resumes_from_last_ckpt(tmp_path):
     (tmp_path / "preempt_once.py").write_text(PREEMPT)
     proc = run_train(
-        "-m", "hydra/launcher=submitit_local", "model.peephole=none,full", *TINY, "trainer.max_epochs=2",
+        "-m", "hydra/launcher=local", "model.peephole=none,full", *TINY, "trainer.max_epochs=2",
         "+callbacks.preempt._target_=preempt_once.PreemptOnce",
         cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)}, sweep_dir=False,  # Hydra's timestamped sweep dir
     )
@@ -90,6 +90,31 @@ def test_resume_override_only_once_a_last_checkpoint_exists(tmp_path):
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
     assert resume_overrides(overrides, str(tmp_path)) == ["model.peephole=full", "seed=1", "ckpt_path=last"]
     assert resume_overrides(overrides, None) == overrides
+
+
+def _launcher_config(launcher: str) -> dict:
+    """`hydra.launcher` as `python train.py -m hydra/launcher=<launcher>` composes it (unresolved)."""
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("train", return_hydra_config=True, overrides=[f"hydra/launcher={launcher}"])
+    finally:
+        GlobalHydra.instance().clear()
+    return OmegaConf.to_container(cfg.hydra.launcher)
+
+
+def test_our_launchers_extend_the_plugins_configs():
+    """conf/hydra/launcher/{local,slurm}.yaml are hydra-submitit-launcher's configs plus our changes, so a
+    key the plugin adds or a default it changes reaches them."""
+    plugin = OmegaConf.to_container(OmegaConf.structured(LocalQueueConf))
+    ours = {"_target_": "hydra_plugins.peephole_lstm_launcher.ResumingLocalLauncher", "cpus_per_task": 1,
+            "gpus_per_node": 0}
+    assert _launcher_config("local") == {**plugin, **ours}
+    assert _launcher_config("submitit_local") == plugin  # the plugin's own config is not shadowed
+    slurm = _launcher_config("slurm")
+    assert slurm.keys() == OmegaConf.structured(SlurmQueueConf).keys()
+    assert slurm["_target_"] == "hydra_plugins.peephole_lstm_launcher.ResumingSlurmLauncher"
 
 
 def _render_sbatch(tmp_path, monkeypatch, overrides: list[str]) -> tuple[str, dict]:

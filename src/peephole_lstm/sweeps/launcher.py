@@ -1,4 +1,4 @@
-"""Resume and bookkeeping for submitit-launched jobs (`hydra/launcher=submitit_local|slurm`).
+"""Resume and bookkeeping for submitit-launched jobs (`hydra/launcher=local|slurm`).
 
 Requeue and resume. A job can be requeued two ways, and both continue from the run dir's last checkpoint
 in the same run dir and the same W&B run (train.py's `ckpt_path=last`, peephole_lstm.training.checkpointing):
