@@ -1,6 +1,7 @@
 """DDP inside a multirun, and the submitit launcher with a real preemption, requeue and resume."""
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 
@@ -12,7 +13,7 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, LocalQue
 from omegaconf import OmegaConf
 
 from peephole_lstm.sweeps import discover_jobs, group_jobs
-from peephole_lstm.sweeps.launcher import resume_overrides
+from peephole_lstm.sweeps.launcher import record_lost_job, resume_overrides
 from peephole_lstm.training import register_configs
 from sweep_helpers import ROOT, TINY, explain, job_dirs, results, run_train
 from peephole_lstm.training.wandb_offline import offline_runs
@@ -90,6 +91,29 @@ def test_resume_override_only_once_a_last_checkpoint_exists(tmp_path):
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
     assert resume_overrides(overrides, str(tmp_path)) == ["model.peephole=full", "seed=1", "ckpt_path=last"]
     assert resume_overrides(overrides, None) == overrides
+
+
+def test_a_lost_job_is_recorded_as_failed_and_a_completed_one_is_kept(tmp_path):
+    lost = tmp_path / "0"  # killed before writing anything: the launcher writes its results.json
+    record_lost_job(str(lost), ["seed=3"], 3, "42_0", "ended CANCELLED without a result")
+    res = results(lost)
+    assert (res["status"], res["error"], res["seed"], res["overrides"]) == (
+        "failed", "job 42_0 ended CANCELLED without a result", 3, ["seed=3"])
+    # a job that recorded its own failure keeps its metrics and W&B run; its error follows ours
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "results.json").write_text(json.dumps(
+        {"status": "failed", "error": "NonFiniteError: boom", "metrics": {"val/loss": 0.5}, "seed": 1,
+         "wandb": {"id": "abc"}}))
+    record_lost_job(str(tmp_path / "1"), ["seed=1"], 1, "42_1", "ended TIMEOUT without a result")
+    res = results(tmp_path / "1")
+    assert res["error"] == "job 42_1 ended TIMEOUT without a result; the job recorded: NonFiniteError: boom"
+    assert res["metrics"] == {"val/loss": 0.5} and res["wandb"] == {"id": "abc"}
+    # one that completed (killed after finishing) is left as it is
+    done = json.dumps({"status": "completed", "error": None, "metrics": {"val/loss": 0.1}})
+    (tmp_path / "2").mkdir()
+    (tmp_path / "2" / "results.json").write_text(done)
+    record_lost_job(str(tmp_path / "2"), ["seed=2"], 2, "42_2", "ended CANCELLED without a result")
+    assert (tmp_path / "2" / "results.json").read_text() == done
 
 
 def _launcher_config(launcher: str) -> dict:
