@@ -35,7 +35,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     from peephole_lstm.training.export_onnx import ExportCheckError, export_checkpoint
-    from peephole_lstm.training.checks import ConfigError
+    from peephole_lstm.training.errors import ConfigError
 
     try:
         report = export_checkpoint(args.path, args.out, args.checkpoint, args.tolerance)

@@ -9,10 +9,10 @@ from omegaconf import OmegaConf
 from peephole_lstm.data import TaskSpec
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "data"
-SELF_CONTAINED = ["mackey_glass", "timing", "chars"]
+SELF_CONTAINED = ["mackey_glass", "timing", "chars", "digits"]
 
 
-@pytest.mark.parametrize("name", ["mackey_glass", "timing", "csv", "chars"])
+@pytest.mark.parametrize("name", ["mackey_glass", "timing", "csv", "chars", "digits"])
 def test_config_lists_every_argument_with_its_default(name):
     cfg = OmegaConf.load(CONF / f"{name}.yaml")
     params = inspect.signature(get_class(cfg._target_).__init__).parameters

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from peephole_lstm.training.faults import FiniteGuard, NonFiniteError
+from peephole_lstm.training.callbacks import FiniteGuard, NonFiniteError
 from tests.helpers.configs import TINY_CSV
 from tests.helpers.scripts import csv_rows, results, run_script
 

@@ -1,6 +1,7 @@
 """DDP inside a multirun, and the submitit launcher with a real preemption, requeue and resume."""
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 
@@ -9,11 +10,11 @@ import submitit
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, LocalQueueConf, SlurmQueueConf
 from omegaconf import OmegaConf
 
 from peephole_lstm.sweeps import discover_jobs, group_jobs
-from peephole_lstm.sweeps.launcher import resume_overrides
+from peephole_lstm.sweeps.launcher import record_lost_job, resume_overrides
 from peephole_lstm.training import register_configs
 from peephole_lstm.training.wandb_offline import offline_runs
 from tests.helpers.configs import TINY_SWEEP
@@ -58,10 +59,10 @@ PREEMPT = textwrap.dedent('''
 
 
 @pytest.mark.slow
-def test_submitit_local_multirun_requeues_a_preempted_job_and_resumes_from_last_ckpt(tmp_path):
+def test_local_submitit_multirun_requeues_a_preempted_job_and_resumes_from_last_ckpt(tmp_path):
     (tmp_path / "preempt_once.py").write_text(PREEMPT)
     proc = run_sweep(
-        "-m", "hydra/launcher=submitit_local", "model.peephole=none,full", *TINY_SWEEP, "trainer.max_epochs=2",
+        "-m", "hydra/launcher=local", "model.peephole=none,full", *TINY_SWEEP, "trainer.max_epochs=2",
         "+callbacks.preempt._target_=preempt_once.PreemptOnce",
         cwd=tmp_path, pythonpath=[tmp_path], sweep_dir=False,  # Hydra's timestamped sweep dir
     )
@@ -94,6 +95,54 @@ def test_resume_override_only_once_a_last_checkpoint_exists(tmp_path):
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
     assert resume_overrides(overrides, str(tmp_path)) == ["model.peephole=full", "seed=1", "ckpt_path=last"]
     assert resume_overrides(overrides, None) == overrides
+
+
+def test_a_lost_job_is_recorded_as_failed_and_a_completed_one_is_kept(tmp_path):
+    lost = tmp_path / "0"  # killed before writing anything: the launcher writes its results.json
+    record_lost_job(str(lost), ["seed=3"], 3, "42_0", "ended CANCELLED without a result")
+    res = results(lost)
+    assert (res["status"], res["error"], res["seed"], res["overrides"]) == (
+        "failed", "job 42_0 ended CANCELLED without a result", 3, ["seed=3"])
+    # a job that recorded its own failure keeps its metrics and W&B run; its error follows ours
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "results.json").write_text(json.dumps(
+        {"status": "failed", "error": "NonFiniteError: boom", "metrics": {"val/loss": 0.5}, "seed": 1,
+         "wandb": {"id": "abc"}}))
+    record_lost_job(str(tmp_path / "1"), ["seed=1"], 1, "42_1", "ended TIMEOUT without a result")
+    res = results(tmp_path / "1")
+    assert res["error"] == "job 42_1 ended TIMEOUT without a result; the job recorded: NonFiniteError: boom"
+    assert res["metrics"] == {"val/loss": 0.5} and res["wandb"] == {"id": "abc"}
+    # one that completed (killed after finishing) is left as it is
+    done = json.dumps({"status": "completed", "error": None, "metrics": {"val/loss": 0.1}})
+    (tmp_path / "2").mkdir()
+    (tmp_path / "2" / "results.json").write_text(done)
+    record_lost_job(str(tmp_path / "2"), ["seed=2"], 2, "42_2", "ended CANCELLED without a result")
+    assert (tmp_path / "2" / "results.json").read_text() == done
+
+
+def _launcher_config(launcher: str) -> dict:
+    """`hydra.launcher` as `python train.py -m hydra/launcher=<launcher>` composes it (unresolved)."""
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("train", return_hydra_config=True, overrides=[f"hydra/launcher={launcher}"])
+    finally:
+        GlobalHydra.instance().clear()
+    return OmegaConf.to_container(cfg.hydra.launcher)
+
+
+def test_our_launchers_extend_the_plugins_configs():
+    """conf/hydra/launcher/{local,slurm}.yaml are hydra-submitit-launcher's configs plus our changes, so a
+    key the plugin adds or a default it changes reaches them."""
+    plugin = OmegaConf.to_container(OmegaConf.structured(LocalQueueConf))
+    ours = {"_target_": "hydra_plugins.peephole_lstm_launcher.ResumingLocalLauncher", "cpus_per_task": 1,
+            "gpus_per_node": 0}
+    assert _launcher_config("local") == {**plugin, **ours}
+    assert _launcher_config("submitit_local") == plugin  # the plugin's own config is not shadowed
+    slurm = _launcher_config("slurm")
+    assert slurm.keys() == OmegaConf.structured(SlurmQueueConf).keys()
+    assert slurm["_target_"] == "hydra_plugins.peephole_lstm_launcher.ResumingSlurmLauncher"
 
 
 def _render_sbatch(tmp_path, monkeypatch, overrides: list[str]) -> tuple[str, dict]:

@@ -85,6 +85,14 @@ def _scontrol_job(job_id: str) -> dict:
     return dict(f.split("=", 1) for f in out.stdout.split() if "=" in f)
 
 
+def _final_job(job_id: str) -> dict:
+    """scontrol's record of a job once it has ended: the launcher returns as soon as the job's result is
+    written, while SLURM may still show the job RUNNING/COMPLETING until its process has exited (seconds,
+    more on a loaded machine)."""
+    return _wait_for(lambda: (lambda info: info if info["JobState"] not in ("PENDING", "RUNNING", "COMPLETING")
+                              else None)(_scontrol_job(job_id)), f"job {job_id} to end", timeout=120)
+
+
 def _wait_for(predicate, what: str, timeout: float = 600, proc: subprocess.Popen | None = None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -125,7 +133,7 @@ def test_slurm_peephole_ablation_runs_as_one_array_with_a_run_dir_results_and_wa
     assert "#SBATCH --array=0-1%2\n" in (sweep / ".submitit" / array_id / f"{array_id}_submission.sh").read_text()
     job_ids = folders[1:]
     for job_id in job_ids:
-        info = _scontrol_job(job_id)
+        info = _final_job(job_id)
         assert info["JobState"] == "COMPLETED" and info["ArrayJobId"] == array_id, info
     groups = set()
     for job, peephole in zip(jobs, ["none", "full"]):
@@ -276,7 +284,7 @@ def test_slurm_launched_ddp_gives_one_run_dir_one_wandb_run_and_synchronised_met
     assert proc.returncode == 0, explain(proc)
     (job,) = job_dirs(sweep)
     (job_id,) = [p.name for p in (sweep / ".submitit").iterdir() if p.is_dir()]  # a single job, not an array
-    info = _scontrol_job(job_id)
+    info = _final_job(job_id)
     assert info["NumTasks"] == "2" and info["JobState"] == "COMPLETED", info
     res = results(job)
     assert res["status"] == "completed", res["error"]

@@ -5,7 +5,8 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from peephole_lstm.training.checks import ConfigError, check_schema_keys, check_targets
+from peephole_lstm.training.checks import check_schema_keys, check_targets
+from peephole_lstm.training.errors import ConfigError
 from peephole_lstm.training.schema import TrainConfig
 from tests.helpers.configs import CONF, compose_config
 
@@ -50,7 +51,7 @@ def test_default_is_the_mackey_glass_showcase():
     assert set(cfg.callbacks) >= {"model_checkpoint", "prediction_plot"}
     # last.ckpt has a single writer that saves every epoch (resume); model_checkpoint keeps the best
     assert cfg.callbacks.model_checkpoint.save_last is False
-    assert cfg.callbacks.last_checkpoint._target_ == "peephole_lstm.training.checkpointing.LastCheckpoint"
+    assert cfg.callbacks.last_checkpoint._target_ == "peephole_lstm.training.callbacks.LastCheckpoint"
 
 
 def test_eval_config_requires_ckpt_path():

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers.scripts import run_script
+from peephole_lstm.data import DataError
+from peephole_lstm.training.checkpointing import CheckpointError
+from peephole_lstm.training.errors import ConfigError, reported
+from peephole_lstm.training.module import ModelConfigError
+from tests.helpers.scripts import ROOT, run_script
 
 pytestmark = pytest.mark.slow  # each test starts train.py (the in-process checks: tests/training/test_config.py)
 
@@ -40,6 +44,9 @@ CASES = {
                            "to the command line"]),
     "missing file": (["data=csv", "data.path=nowhere.csv", "data.target=b"],
                      ["Error: CSV file not found: 'nowhere.csv'"]),
+    # a model option that the chosen architecture does not have (ModelConfigError, a ConfigError)
+    "option of another arch": (["model.arch=gru", "model.peephole=full"],
+                               ["Error: model.arch=gru (torch.nn.GRU) ignores model.peephole='full'"]),
 }
 
 
@@ -94,3 +101,16 @@ def test_a_multirun_reports_each_failed_job_without_traceback(tmp_path):
     results = sorted(tmp_path.glob("multirun/*/*/*/results.json"))
     assert len(results) == 2  # both jobs ran and recorded their failure
     assert all('"status": "failed"' in r.read_text() for r in results)
+
+
+@pytest.mark.parametrize("error", [ConfigError, ModelConfigError, CheckpointError, DataError])
+def test_every_user_error_is_one_message_and_exit_status_1(error, monkeypatch, capsys):
+    """One base class per kind of user mistake (ConfigError for the config, DataError for the data): the
+    handler catches the bases, so a new subclass is reported without touching it."""
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    assert issubclass(error, (ConfigError, DataError))
+    with pytest.raises(SystemExit) as exit_:
+        with reported():
+            raise error("model.x=1 is wrong")
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err == "Error: model.x=1 is wrong\n"

@@ -1,23 +1,29 @@
 """SequenceModel heads, losses, stateful TBPTT and the custom metrics, on tiny tensors."""
 from __future__ import annotations
 
+import copy
+import functools
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.helpers.configs import compose_config
 from peephole_lstm import PeepholeLSTM
 from peephole_lstm.training.metrics import BitsPerCharacter, NormalizedRMSE
-from peephole_lstm.training.module import ModelConfigError, SequenceModel, recurrent_network
+from peephole_lstm.training.module import ModelConfigError, SequenceModel, network_arguments, recurrent_network
 from peephole_lstm.training.runinfo import resolved
-from peephole_lstm.training.schema import ModelConfig
-from omegaconf import OmegaConf
+
+
+@functools.cache
+def _default_model() -> dict:
+    return resolved(compose_config("train").model)  # conf/model/peephole_lstm.yaml with the schema's keys
 
 
 def model_cfg(**overrides) -> dict:
-    cfg = resolved(OmegaConf.structured(ModelConfig))
-    cfg.update(hidden_size=8, **overrides)
+    cfg = copy.deepcopy(_default_model())
+    cfg.update({"hidden_size": 8, **overrides})
     return cfg
 
 
@@ -74,11 +80,24 @@ def test_arch_selects_the_network_and_variant_overrides_options():
         (dict(compile=True, backend="compile"), "model.backend=compile"),
         (dict(peephole_gates="xyz"), "peephole_gates"),
         (dict(coupled=True, input_gate=False), "coupled"),
+        (dict(num_layers=0), "model: num_layers=0 must be an int >= 1"),
+        (dict(dropout=1.5), r"model: dropout=1.5 must be a probability in \[0, 1\]"),
+        (dict(arch="lstm", proj_size=8), "model: proj_size=8 must be smaller than hidden_size=8"),
     ],
 )
 def test_invalid_model_options_name_the_key(overrides, message):
     with pytest.raises(ModelConfigError, match=message):
+        network_arguments(model_cfg(**overrides), 3)  # what a run checks before loading the data
+    with pytest.raises(ModelConfigError, match=message):
         recurrent_network(model_cfg(**overrides), 3)
+
+
+def test_the_config_is_checked_without_building_a_network():
+    """A run validates its model config before loading the data without allocating the network: a size
+    that could never be allocated (4e12 full-peephole weights) passes the check."""
+    network, arguments = network_arguments(model_cfg(hidden_size=10**6, peephole="full"), 3)
+    assert network is PeepholeLSTM and arguments["hidden_size"] == 10**6 and arguments["peephole"] == "full"
+    assert network_arguments(model_cfg(arch="gru"), 3)[0] is torch.nn.GRU
 
 
 @pytest.mark.slow  # torch.compile of the whole model

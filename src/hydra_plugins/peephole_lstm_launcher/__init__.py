@@ -1,4 +1,4 @@
-"""Hydra plugins (`hydra/launcher=submitit_local|slurm|slurm_cpu` and `hparams_search=optuna` in conf/):
+"""Hydra plugins (`hydra/launcher=local|slurm|slurm_cpu` and `hparams_search=optuna` in conf/):
 hydra-submitit-launcher's launchers, with requeued jobs resuming from their last checkpoint and every job
 watched and recorded (peephole_lstm.sweeps.launcher), and hydra-optuna-sweeper's sweeper with a study
 that resumes (peephole_lstm.sweeps.optuna_resume). Hydra imports this module at every start: the heavy

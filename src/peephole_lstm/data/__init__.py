@@ -5,6 +5,7 @@
 from peephole_lstm.data.base import DataError, TaskSpec
 from peephole_lstm.data.chars import CharDataModule
 from peephole_lstm.data.csvfile import CSVDataModule
+from peephole_lstm.data.digits import DigitsDataModule
 from peephole_lstm.data.mackey_glass import MackeyGlassDataModule
 from peephole_lstm.data.timing import TimingDataModule
 
@@ -12,6 +13,7 @@ __all__ = [
     "CSVDataModule",
     "CharDataModule",
     "DataError",
+    "DigitsDataModule",
     "MackeyGlassDataModule",
     "TaskSpec",
     "TimingDataModule",

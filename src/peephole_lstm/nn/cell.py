@@ -1,5 +1,5 @@
 """PeepholeLSTMCell: one step of a peephole LSTM, the counterpart of torch.nn.LSTMCell."""
-from __future__ import annotations
+# (No `from __future__ import annotations`: TorchScript reads the `StepFlags` class annotations as objects.)
 
 import math
 from typing import Dict, List, Optional, Tuple
@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from peephole_lstm.nn.errors import InputError
-from peephole_lstm.nn.functional import input_projection, layout, lstm_step
+from peephole_lstm.nn.functional import StepFlags, input_projection, layout, lstm_step
 from peephole_lstm.nn.options import CellOptions
 
 # Order in which the step function takes the recurrent weights (after input_projection's ones).
@@ -78,18 +78,17 @@ def _check_dtype(module: str, x: Tensor, weight: Tensor) -> None:
                          f"Convert input: input.to({weight.dtype}), or convert model: model.to({x.dtype})")
 
 
-def step_flags(opts: CellOptions, training: bool) -> tuple:
-    """The static arguments of lstm_step that follow the weights, in its order."""
-    return (
-        layout(opts.blocks, opts.peephole_rows),
-        opts.peephole == "full",
-        opts.output_peephole == "current",
-        opts.coupled,
-        opts.input_activation == "tanh",
-        opts.output_activation == "tanh",
-        float(opts.cell_clip or 0.0),
-        float(opts.zoneout),
-        training,
+def step_flags(opts: CellOptions) -> StepFlags:
+    """The static arguments of lstm_step that follow the weights (all but `training`)."""
+    return StepFlags(
+        idx=layout(opts.blocks, opts.peephole_rows),
+        peep_full=opts.peephole == "full",
+        peep_current=opts.output_peephole == "current",
+        coupled=opts.coupled,
+        act_in_tanh=opts.input_activation == "tanh",
+        act_out_tanh=opts.output_activation == "tanh",
+        cell_clip=float(opts.cell_clip or 0.0),
+        zoneout=float(opts.zoneout),
     )
 
 
@@ -159,6 +158,9 @@ class PeepholeLSTMCell(nn.Module):
         torch.Size([2, 3, 20])
     """
 
+    # Declared so that TorchScript types it as the NamedTuple (from the value it would infer a plain tuple).
+    _flags: StepFlags
+
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, **options):
         super().__init__()
         self.options = CellOptions(input_size, hidden_size, bias, **options)
@@ -166,10 +168,7 @@ class PeepholeLSTMCell(nn.Module):
         self.gate_recurrence = self.options.gate_recurrence
         for name, p in make_parameters(self.options, device, dtype).items():
             self.register_parameter(name, p)
-        self._idx: List[int] = layout(self.options.blocks, self.options.peephole_rows)
-        _, peep_full, peep_current, coupled, act_in, act_out, clip, zoneout, _ = step_flags(self.options, False)
-        self._flags_bool: List[bool] = [peep_full, peep_current, coupled, act_in, act_out]
-        self._cell_clip, self._zoneout = clip, zoneout
+        self._flags = step_flags(self.options)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -192,12 +191,13 @@ class PeepholeLSTMCell(nn.Module):
         """One step on batched input (B, input_size) carrying the full state: returns (h, c, gates),
         where `gates` are this step's gate activations for full gate recurrence ((B, 0) otherwise)."""
         xz = input_projection(input, self.weight_ih, self.bias_ih, self.bias_hh, self.ln_ih_weight, self.ln_ih_bias)
-        fb = self._flags_bool
+        f = self._flags
         return lstm_step(
             xz, h, c, gates,
             self.weight_hh, self.weight_ch, self.weight_gh, self.weight_hr,
             self.ln_hh_weight, self.ln_hh_bias, self.ln_c_weight, self.ln_c_bias,
-            self._idx, fb[0], fb[1], fb[2], fb[3], fb[4], self._cell_clip, self._zoneout, self.training,
+            f.idx, f.peep_full, f.peep_current, f.coupled, f.act_in_tanh, f.act_out_tanh, f.cell_clip, f.zoneout,
+            self.training,
         )
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:

@@ -18,15 +18,28 @@ previous value with probability `zoneout` in training and mixes by that probabil
 `lstm_step` is TorchScript-compatible so the cell can be scripted; the layout of the gate blocks is
 passed as `idx` = [block i, block f, block g, block o, peephole row i, row f, row o] (-1 when absent).
 """
-from __future__ import annotations
+# (No `from __future__ import annotations`: TorchScript reads StepFlags' field types as objects.)
 
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 
+class StepFlags(NamedTuple):
+    """The static arguments of `lstm_step` that follow the weights, by name and in its order (the per-step
+    loops pass them as `*flags, training`; a test holds the order to lstm_step's signature). Built from a
+    CellOptions by `cell.step_flags`; the kernels take them regrouped by `fused.config`."""
+
+    idx: List[int]  # `layout` of the gate blocks and peephole rows
+    peep_full: bool  # peephole="full"
+    peep_current: bool  # output_peephole="current"
+    coupled: bool
+    act_in_tanh: bool  # input_activation="tanh"
+    act_out_tanh: bool  # output_activation="tanh"
+    cell_clip: float  # 0.0: no clipping
+    zoneout: float
 
 
 def layout(blocks: str, peephole_rows: str) -> List[int]:
@@ -165,14 +178,15 @@ def lstm_sequence(
     a: Tensor,
     lengths: Optional[Tensor],
     weights: Tuple[Optional[Tensor], ...],
-    flags: tuple,
+    flags: StepFlags,
+    training: bool,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Run `step` over xz (T, B, G*H). With `lengths` (B,), steps t >= lengths[b] leave sequence b's state
     untouched and output zeros, so padding never changes a result. Returns (output, h, c, a)."""
     outputs = []
     # unbind, not xz[t]: the backward of T selects would write T full-size zero tensors (quadratic in T)
     for t, xz_t in enumerate(xz.unbind(0)):
-        h_new, c_new, a_new = step(xz_t, h, c, a, *weights, *flags)
+        h_new, c_new, a_new = step(xz_t, h, c, a, *weights, *flags, training)
         if lengths is None:
             h, c, a = h_new, c_new, a_new
             outputs.append(h)

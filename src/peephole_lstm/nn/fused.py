@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from peephole_lstm.nn.cell import step_flags
-from peephole_lstm.nn.functional import _peep, input_projection, lstm_sequence, lstm_step
+from peephole_lstm.nn.functional import StepFlags, _peep, input_projection, lstm_sequence, lstm_step
 from peephole_lstm.nn.options import CellOptions
 
 try:
@@ -125,9 +125,9 @@ def _kernels(kernel: str):
 
 def config(opts: CellOptions) -> Tuple[List[int], List[bool], float, float]:
     """step_flags regrouped as the kernels take them: (layout, [full, current, coupled, act_in, act_out],
-    cell_clip, zoneout); training does not matter here, the fused path never draws zoneout masks."""
-    idx, *flags, clip, zoneout, _ = step_flags(opts, False)
-    return idx, flags, clip, zoneout
+    cell_clip, zoneout); the fused path never draws zoneout masks, so training is not among them."""
+    f = step_flags(opts)
+    return f.idx, [f.peep_full, f.peep_current, f.coupled, f.act_in_tanh, f.act_out_tanh], f.cell_clip, f.zoneout
 
 
 def keeps_pre_clip_cell(clip: float, zoneout: float) -> bool:
@@ -202,7 +202,9 @@ def eager_sequence(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zone
     """The same sequence through the eager per-step loop: differentiable to any order."""
     weights = (w_hh, w_ch, None, w_hr, None, None, None, None)
     gates0 = xz.new_zeros(xz.shape[1], 0)
-    out, h, c, _ = lstm_sequence(lstm_step, xz, h0, c0, gates0, lengths, weights, (idx, *flags, clip, zoneout, False))
+    # (config's five flags are StepFlags' bools, in its order; training=False: the fused path has no masks)
+    out, h, c, _ = lstm_sequence(lstm_step, xz, h0, c0, gates0, lengths, weights,
+                                 StepFlags(idx, *flags, clip, zoneout), False)
     return out, h, c
 
 

@@ -1,6 +1,7 @@
 """PeepholeLSTM: a multi-layer, optionally bidirectional peephole LSTM with torch.nn.LSTM's contract."""
-from __future__ import annotations
+# (No `from __future__ import annotations`: TorchScript reads the `StepFlags` class annotations as objects.)
 
+import dataclasses
 import functools
 import warnings
 from typing import List, Optional, Tuple
@@ -13,10 +14,10 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from peephole_lstm.nn.cell import (
     INPUT_WEIGHTS, PARAMETER_NAMES, STEP_WEIGHTS, _check_dtype, make_parameters, reset_parameters, step_flags,
 )
-from peephole_lstm.nn.functional import input_projection, lstm_sequence, lstm_step, reverse_padded
+from peephole_lstm.nn.functional import StepFlags, input_projection, lstm_sequence, lstm_step, reverse_padded
 from peephole_lstm.nn import fused, onnx_export, ops
 from peephole_lstm.nn.errors import InputError
-from peephole_lstm.nn.options import BACKENDS, CellOptions, _choice, _flag, _size
+from peephole_lstm.nn.options import BACKENDS, CELL_OPTIONS, CellOptions, _choice, _flag, _size
 
 
 @functools.cache
@@ -29,6 +30,21 @@ def _step_function(backend: str):
         # dynamic=True: one graph for every batch size (the step never sees the sequence length).
         return torch.compile(lstm_step, fullgraph=True, dynamic=True)
     return lstm_step
+
+
+def check_layer_arguments(num_layers: int, batch_first: bool, dropout: float, bidirectional: bool,
+                          backend: str) -> None:
+    """The checks PeepholeLSTM makes of its arguments that are not cell options (CellOptions checks
+    those), callable without building a network: the training config is validated this way."""
+    _size("num_layers", num_layers, 1)
+    _flag("batch_first", batch_first)
+    _flag("bidirectional", bidirectional)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout <= 1.0:
+        raise ValueError(f"dropout={dropout!r} must be a probability in [0, 1]")
+    _choice("backend", backend, BACKENDS)
+    if backend == "triton" and not fused.triton_available():
+        raise ImportError("PeepholeLSTM(backend='triton') needs the triton package: "
+                          "pip install 'peephole-lstm[triton]'")
 
 
 class PeepholeLSTM(nn.Module):
@@ -177,37 +193,28 @@ class PeepholeLSTM(nn.Module):
         device=None,
         dtype=None,
     ):
+        # The cell options by CellOptions' field names, so that their list is not written out a second time
+        # (tests/training/test_single_source.py holds this signature to CellOptions' fields and defaults).
+        arguments = locals()
+        cell_options = {name: arguments[name] for name in CELL_OPTIONS}
         super().__init__()
-        _size("num_layers", num_layers, 1)
-        _flag("batch_first", batch_first)
-        _flag("bidirectional", bidirectional)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout <= 1.0:
-            raise ValueError(f"dropout={dropout!r} must be a probability in [0, 1]")
+        check_layer_arguments(num_layers, batch_first, dropout, bidirectional, backend)
         if dropout > 0 and num_layers == 1:
             warnings.warn(
                 f"dropout={dropout} has no effect with num_layers=1: dropout is applied between layers, "
                 "as in nn.LSTM"
             )
-        self.backend = _choice("backend", backend, BACKENDS)
-        if backend == "triton" and not fused.triton_available():
-            raise ImportError("PeepholeLSTM(backend='triton') needs the triton package: "
-                              "pip install 'peephole-lstm[triton]'")
+        self.backend = backend
         self.last_path = None  # Optional[str]: the implementation the last forward ran (see _path)
         self._warned = set()  # reasons already warned about (backend="fused" or "triton")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional, self.proj_size = bidirectional, proj_size
         self.num_directions = 2 if bidirectional else 1
-        cell_options = dict(
-            peephole=peephole, peephole_gates=peephole_gates, output_peephole=output_peephole, coupled=coupled,
-            input_gate=input_gate, forget_gate=forget_gate, output_gate=output_gate,
-            input_activation=input_activation, output_activation=output_activation,
-            gate_recurrence=gate_recurrence, forget_bias=forget_bias, cell_clip=cell_clip,
-            layer_norm=layer_norm, zoneout=zoneout,
-        )
-        first = CellOptions(input_size, hidden_size, bias, proj_size, **cell_options)
+        first = CellOptions(input_size, hidden_size, bias, **cell_options)
+        # Layers > 0 read the previous layer's output (both directions side by side).
         self.options = [first] + [
-            CellOptions(first.output_size * self.num_directions, hidden_size, bias, proj_size, **cell_options)
+            dataclasses.replace(first, input_size=first.output_size * self.num_directions)
             for _ in range(num_layers - 1)
         ]
         # Registered in nn.LSTM's order (layer, direction, then ih, hh, biases, hr) so state_dicts line up.
@@ -407,7 +414,7 @@ class PeepholeLSTM(nn.Module):
                 # (Only here: under torch.compile, asking the cache for a step function on the fused
                 # path would only make dynamo warn about tracing through functools.cache.)
                 sequence = functools.partial(lstm_sequence, _step_function(path.split(" ")[0]))
-            flags = step_flags(opts, self.training)
+            flags = step_flags(opts)
             gates0 = x.new_zeros(x.shape[1], len(opts.gate_names) * opts.hidden_size if opts.gate_recurrence else 0)
         outputs = []
         for direction in range(self.num_directions):
@@ -421,7 +428,7 @@ class PeepholeLSTM(nn.Module):
                 xz = input_projection(x, *input_weights)
                 if direction:
                     xz = reverse_padded(xz, lengths)
-                out, h, c, _ = sequence(xz, h0[j], c0[j], gates0, lengths, weights, flags)
+                out, h, c, _ = sequence(xz, h0[j], c0[j], gates0, lengths, weights, flags, self.training)
             outputs.append(reverse_padded(out, lengths) if direction else out)
             h_n.append(h)
             c_n.append(c)
@@ -457,6 +464,8 @@ class PeepholeLSTM(nn.Module):
     # lstm_step (the "eager" backend's numbers) over the weights as a list, as nn.LSTM's scripted forward
     # reads its _flat_weights. The fused path is an autograd.Function, which TorchScript cannot call.
     __jit_unused_properties__ = ["_flat_weights", "all_weights"]
+    # Declared so that TorchScript types them as NamedTuples (from the values it would infer plain tuples).
+    _script_flags: List[StepFlags]
 
     def __prepare_scriptable__(self) -> "PeepholeLSTM":
         """Called by torch.jit.script before compiling: snapshot the weights into a list TorchScript can
@@ -474,9 +483,7 @@ class PeepholeLSTM(nn.Module):
                         flat.append(w)
                 index.append(row)
         self._script_weights, self._script_index = flat, index
-        self._script_layout = [step_flags(o, False)[0] for o in self.options]
-        self._script_flags = [list(step_flags(o, False)[1:6]) for o in self.options]
-        self._script_clip_zoneout = [[float(o.cell_clip or 0.0), float(o.zoneout)] for o in self.options]
+        self._script_flags = [step_flags(o) for o in self.options]
         self._script_gate_width = [len(o.gate_names) * o.hidden_size if o.gate_recurrence else 0 for o in self.options]
         return self
 
@@ -506,8 +513,7 @@ class PeepholeLSTM(nn.Module):
         h_n: List[Tensor] = []
         c_n: List[Tensor] = []
         for layer in range(self.num_layers):
-            idx, flags = self._script_layout[layer], self._script_flags[layer]
-            clip, zoneout = self._script_clip_zoneout[layer][0], self._script_clip_zoneout[layer][1]
+            f = self._script_flags[layer]
             outputs: List[Tensor] = []
             for direction in range(self.num_directions):
                 j = layer * self.num_directions + direction
@@ -522,7 +528,8 @@ class PeepholeLSTM(nn.Module):
                     h, c, a = lstm_step(
                         xz_t, h, c, a, w[k[1]], _pick(w, k[5]), _pick(w, k[6]), _pick(w, k[4]),
                         _pick(w, k[9]), _pick(w, k[10]), _pick(w, k[11]), _pick(w, k[12]),
-                        idx, flags[0], flags[1], flags[2], flags[3], flags[4], clip, zoneout, self.training,
+                        f.idx, f.peep_full, f.peep_current, f.coupled, f.act_in_tanh, f.act_out_tanh, f.cell_clip,
+                        f.zoneout, self.training,
                     )
                     steps.append(h)
                 out = torch.stack(steps)

@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from peephole_lstm.nn.functional import lstm_step
+from peephole_lstm.nn.functional import StepFlags, lstm_step
 from peephole_lstm.nn.options import CellOptions
 
 
@@ -121,7 +121,7 @@ def lstm_layer(
 
 
 def scan_sequence(xz: Tensor, h0: Tensor, c0: Tensor, a0: Tensor, lengths: Optional[Tensor], weights: tuple,
-                  flags: tuple) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                  flags: StepFlags, training: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """functional.lstm_sequence(lstm_step, ...) as one scan over time, which the exporter writes as an ONNX
     Scan: one traced step for any length. Returns (output (T, B, out), h_T, c_T, a_T)."""
     # torch's scan is a prototype (torch._higher_order_ops); the ONNX exporter translates it to Scan.
@@ -136,7 +136,7 @@ def scan_sequence(xz: Tensor, h0: Tensor, c0: Tensor, a0: Tensor, lengths: Optio
         h, c = carry[:2]
         a = carry[2] if recurrent_gates else h.new_zeros(h.shape[0], 0)
         xz_t, live_t = inputs
-        h_new, c_new, a_new = lstm_step(xz_t, h, c, a, *weights, *flags)
+        h_new, c_new, a_new = lstm_step(xz_t, h, c, a, *weights, *flags, training)
         keep = live_t.unsqueeze(-1)  # padded steps leave the state and output zeros, as lstm_sequence
         new = [torch.where(keep, h_new, h), torch.where(keep, c_new, c)]
         if recurrent_gates:

@@ -5,7 +5,7 @@ the fast kernels read the same derived layout (which gate blocks exist, which ga
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Optional
 
 from peephole_lstm.nn.errors import OptionTypeError
@@ -14,6 +14,9 @@ PEEPHOLES = ("none", "diagonal", "full")
 OUTPUT_PEEPHOLES = ("current", "previous")
 ACTIVATIONS = ("tanh", "identity")
 BACKENDS = ("auto", "eager", "script", "compile", "fused", "triton")
+# The options that take one of a fixed set of values (the training schema types each as an Enum of them).
+CHOICES = {"peephole": PEEPHOLES, "output_peephole": OUTPUT_PEEPHOLES,
+           "input_activation": ACTIVATIONS, "output_activation": ACTIVATIONS}
 
 # Greff et al. 2017, "LSTM: A Search Space Odyssey", Table 1. Each preset is complete, so it does not
 # depend on PeepholeLSTM's defaults: vanilla = peephole LSTM with all gates and tanh activations.
@@ -65,7 +68,11 @@ def _size(name: str, value, minimum: int) -> int:
 
 @dataclass(frozen=True)
 class CellOptions:
-    """Validated options of one LSTM cell plus the parameter layout they imply."""
+    """Validated options of one LSTM cell plus the parameter layout they imply.
+
+    The one definition of the cell options and their defaults: PeepholeLSTMCell passes its options here,
+    PeepholeLSTM's signature repeats them for help() (tests/training/test_single_source.py holds it to these
+    fields and defaults), and the training schema (ModelConfig) and module take them from here."""
 
     input_size: int
     hidden_size: int
@@ -94,10 +101,8 @@ class CellOptions:
             raise ValueError(f"proj_size={self.proj_size} must be smaller than hidden_size={self.hidden_size}")
         for name in ("bias", "coupled", "input_gate", "forget_gate", "output_gate", "gate_recurrence", "layer_norm"):
             _flag(name, getattr(self, name))
-        _choice("peephole", self.peephole, PEEPHOLES)
-        _choice("output_peephole", self.output_peephole, OUTPUT_PEEPHOLES)
-        _choice("input_activation", self.input_activation, ACTIVATIONS)
-        _choice("output_activation", self.output_activation, ACTIVATIONS)
+        for name, allowed in CHOICES.items():
+            _choice(name, getattr(self, name), allowed)
         gates = self.peephole_gates
         if not isinstance(gates, str) or not gates or set(gates) - set("ifo") or len(set(gates)) != len(gates):
             raise ValueError(
@@ -157,3 +162,9 @@ class CellOptions:
     @property
     def output_size(self) -> int:
         return self.proj_size if self.proj_size > 0 else self.hidden_size
+
+
+# nn.LSTMCell's own arguments; the other fields of CellOptions (proj_size, as nn.LSTM's, to zoneout) are the
+# options this library adds, which PeepholeLSTMCell takes as keywords and the training config as model.<name>.
+LSTM_CELL_ARGUMENTS = ("input_size", "hidden_size", "bias")
+CELL_OPTIONS = tuple(f.name for f in fields(CellOptions) if f.name not in LSTM_CELL_ARGUMENTS)

@@ -1,8 +1,8 @@
 """The jobs of a sweep, read either from a Hydra multirun directory or from W&B run records.
 
 Both sources are reduced to the same `Job` record, so grouping, statistics and plots have one
-implementation. The local reader relies only on the run-directory contract (``.hydra/``, ``results.json`` and the
-optional per-epoch ``history.csv``); it needs neither W&B nor the training code.
+implementation. The local reader relies only on the run directory's layout (peephole_lstm.rundir: ``.hydra/``,
+``results.json`` and the optional per-epoch ``history.csv``); it needs neither W&B nor the training code.
 """
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ from typing import Any, Iterable, Mapping, Optional
 
 import yaml
 
-COMPLETED = "completed"
-FAILED = "failed"
+from peephole_lstm import rundir
+
+COMPLETED = rundir.COMPLETED
+FAILED = rundir.FAILED
 MISSING = "missing"  # no results.json: the job was killed, is still running, or never started
 INVALID = "invalid"  # results.json exists but cannot be read
 RUNNING = "running"  # W&B only: the run has not finished yet
@@ -26,7 +28,6 @@ SEED_KEY = "seed"
 RESUME_KEYS = ("ckpt_path",)
 # Override keys that name the dataset or task: jobs that differ in them are never pooled in a report.
 DATA_KEYS = ("data",)
-HISTORY_FILE = "history.csv"  # per-epoch metrics (peephole_lstm.training.callbacks.MetricHistory)
 
 
 @dataclass
@@ -85,7 +86,7 @@ def discover_jobs(sweep_dir: str | Path) -> list[Job]:
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"sweep dir {str(sweep_dir)!r} does not exist or is not a directory")
-    job_dirs = sorted((d for d in sweep_dir.iterdir() if (d / ".hydra").is_dir()), key=_job_sort_key)
+    job_dirs = sorted((d for d in sweep_dir.iterdir() if rundir.is_job_dir(d)), key=_job_sort_key)
     if not job_dirs:
         raise ValueError(
             f"{str(sweep_dir)!r} contains no Hydra job dirs (numbered subdirs with a .hydra/ folder); "
@@ -95,7 +96,7 @@ def discover_jobs(sweep_dir: str | Path) -> list[Job]:
 
 
 def _hydra_overrides(job_dir: Path) -> list[str]:
-    path = job_dir / ".hydra" / "overrides.yaml"
+    path = rundir.overrides_path(job_dir)
     if not path.is_file():
         return []
     return [str(o) for o in (yaml.safe_load(path.read_text()) or [])]
@@ -155,9 +156,13 @@ def read_history(path: str | Path) -> dict[str, list[tuple[int, float]]]:
 def read_job(job_dir: str | Path) -> Job:
     job_dir = Path(job_dir)
     overrides = _hydra_overrides(job_dir)
-    history = read_history(job_dir / HISTORY_FILE)
-    results_path = job_dir / "results.json"
-    if not results_path.is_file():
+    history = read_history(rundir.history_path(job_dir))
+    try:
+        results = rundir.read_results(job_dir)
+    except ValueError as e:
+        return Job(job_dir.name, overrides, INVALID, error=f"unreadable results.json: {e}", path=str(job_dir),
+                   seed=_seed_from_overrides(overrides), history=history)
+    if results is None:
         return Job(
             name=job_dir.name,
             overrides=overrides,
@@ -167,13 +172,6 @@ def read_job(job_dir: str | Path) -> Job:
             path=str(job_dir),
             history=history,
         )
-    try:
-        results = json.loads(results_path.read_text())
-        if not isinstance(results, dict):
-            raise ValueError("top level is not a JSON object")
-    except ValueError as e:
-        return Job(job_dir.name, overrides, INVALID, error=f"unreadable results.json: {e}", path=str(job_dir),
-                   seed=_seed_from_overrides(overrides), history=history)
     overrides = [str(o) for o in results.get("overrides", overrides)]
     status = results.get("status")
     seed = results.get("seed")

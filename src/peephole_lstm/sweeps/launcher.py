@@ -1,4 +1,4 @@
-"""Resume and bookkeeping for submitit-launched jobs (`hydra/launcher=submitit_local|slurm`).
+"""Resume and bookkeeping for submitit-launched jobs (`hydra/launcher=local|slurm`).
 
 Requeue and resume. A job can be requeued two ways, and both continue from the run dir's last checkpoint
 in the same run dir and the same W&B run (train.py's `ckpt_path=last`, peephole_lstm.training.checkpointing):
@@ -24,7 +24,6 @@ launchers only from the hydra_plugins namespace).
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -32,6 +31,7 @@ import threading
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from peephole_lstm import rundir
 from peephole_lstm.sweeps.jobs import RESUME_KEYS, split_override
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def resume_overrides(overrides: list[str], run_dir: Optional[str]) -> list[str]:
 
     Until then the job restarts as submitted, keeping a ckpt_path it was given (e.g. to fine-tune).
     """
-    if run_dir is None or not (Path(run_dir) / "checkpoints" / "last.ckpt").is_file():
+    if run_dir is None or not rundir.last_checkpoint(run_dir).is_file():
         return list(overrides)
     return [o for o in overrides if split_override(o)[0] not in RESUME_KEYS] + ["ckpt_path=last"]
 
@@ -112,23 +112,18 @@ def record_lost_job(run_dir: str, overrides: Sequence[str], seed: Any, job_id: s
     A results.json the job wrote itself is kept when it says "completed" (the job was killed after
     finishing), and otherwise extended: its metrics and W&B run stay, its error is kept after ours.
     """
-    from peephole_lstm.training.runinfo import write_results
-
-    path = Path(run_dir) / "results.json"
-    previous: dict = {}
-    if path.is_file():
-        try:
-            previous = json.loads(path.read_text())
-        except ValueError:
-            previous = {}
-    if previous.get("status") == "completed":
+    try:
+        previous = rundir.read_results(run_dir) or {}
+    except ValueError:
+        previous = {}
+    if previous.get("status") == rundir.COMPLETED:
         return
     error = f"job {job_id} {reason}"
     if previous.get("error"):
         error += f"; the job recorded: {previous['error']}"
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    write_results(run_dir, status="failed", error=error, metrics=previous.get("metrics") or {},
-                  seed=previous.get("seed", seed), wandb=previous.get("wandb"), overrides=list(overrides))
+    rundir.write_results(run_dir, status=rundir.FAILED, error=error, metrics=previous.get("metrics") or {},
+                         seed=previous.get("seed", seed), wandb=previous.get("wandb"), overrides=list(overrides))
 
 
 class ResumeOnRequeue:
@@ -242,7 +237,7 @@ class ResumeOnRequeue:
                     lines = [x for x in str(e).splitlines() if x.strip() and not x.startswith(("-", " "))]
                     reason = f"failed before or after its training run: {lines[-1] if lines else type(e).__name__}"
                 record_lost_job(run_dir, overrides, cfg.get("seed"), job.job_id, reason)
-                log.error(f"job {job.job_id} (#{num}) {reason}; recorded as failed in {run_dir}/results.json")
+                log.error(f"job {job.job_id} (#{num}) {reason}; recorded as failed in {rundir.results_path(run_dir)}")
                 returns.append(JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=e,
                                          working_dir=run_dir))
         return returns

@@ -17,7 +17,6 @@ would need optuna >= 3.1, which hydra-optuna-sweeper (optuna < 3) does not allow
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
+
+from peephole_lstm import rundir
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +76,10 @@ def settle_orphans(study: Any, storage: Any, metric: str,
             continue
         run_dir = trial.user_attrs.get(RUN_DIR)
         res = _results(run_dir)
-        if res.get("status") == "completed" and isinstance((res.get("metrics") or {}).get(metric), (int, float)):
+        if res.get("status") == rundir.COMPLETED and isinstance((res.get("metrics") or {}).get(metric), (int, float)):
             study.tell(trial.number, res["metrics"][metric])
             done[trial.number] = "completed"
-        elif res.get("status") in ("completed", "failed"):
+        elif res.get("status") in (rundir.COMPLETED, rundir.FAILED):
             study.tell(trial.number, state=TrialState.FAIL)
             done[trial.number] = "failed"
         else:  # no result: run it again
@@ -91,7 +92,7 @@ def settle_orphans(study: Any, storage: Any, metric: str,
 
 def _results(run_dir: Optional[str]) -> dict:
     try:
-        return json.loads(Path(run_dir, "results.json").read_text()) if run_dir else {}
+        return (rundir.read_results(run_dir) or {}) if run_dir else {}
     except (OSError, ValueError):
         return {}
 

@@ -29,11 +29,11 @@ import numpy as np
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.fabric.utilities.data import AttributeDict
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from peephole_lstm.training.checks import ConfigError
+from peephole_lstm import rundir
+from peephole_lstm.training.errors import ConfigError
 
 LAST = "last"  # ckpt_path=last: <run dir>/checkpoints/last.ckpt
 # Data-only types that Lightning may pickle into a checkpoint besides tensors and builtins.
@@ -42,7 +42,7 @@ SAFE_GLOBALS = [AttributeDict]
 TRAINING_KEYS = ("state_dict", "epoch", "global_step", "loops", "optimizer_states")
 # Config that must match the checkpoint's for a resume to continue the same experiment.
 SAME_RUN_KEYS = ("seed", "data", "model")
-RNG_STATES = "rng_states"  # checkpoint key: random generators' states when it was saved
+RNG_STATES = "rng_states"  # checkpoint key: random generators' states when it was saved (callbacks.LastCheckpoint)
 EPOCH_LOG = "epoch_log"  # checkpoint key: the training metrics of the epoch the checkpoint ends
 
 
@@ -110,47 +110,6 @@ def set_rng_states(states: dict) -> None:
     random.setstate(states["python"])
 
 
-class LastCheckpoint(ModelCheckpoint):
-    """`<dirpath>/last.ckpt` at the end of every training epoch, improved or not, for `ckpt_path=last`.
-
-    ModelCheckpoint(save_last=True) refreshes last.ckpt only when it saves a new best, so a resume from it
-    would redo every epoch since the last improvement. Checkpoints also carry what a resume needs to
-    continue exactly like an uninterrupted run: the random generators' states (dropout, zoneout), restored
-    when the next epoch starts, and the epoch's training metrics (EPOCH_LOG), which Lightning logs just
-    after this save, so that a resume after a kill in between can still write that epoch's row.
-    """
-
-    def __init__(self, dirpath: str, filename: str = "last") -> None:
-        super().__init__(dirpath=dirpath, filename=filename, monitor=None, save_top_k=1, save_last=False,
-                         save_on_train_epoch_end=True, enable_version_counter=False)
-        self._restored_rng: Optional[dict] = None
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> dict:
-        checkpoint[RNG_STATES] = rng_states()
-        progress = trainer.fit_loop.epoch_progress.current
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
-        if progress.processed > progress.completed and metrics:  # inside the epoch-end hooks: values are final
-            checkpoint[EPOCH_LOG] = {"epoch": trainer.current_epoch, "step": trainer.global_step - 1, "metrics": metrics}
-        return super().on_save_checkpoint(trainer, pl_module, checkpoint)
-
-    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        # Applied at the next epoch start, not now: building the run in between draws random numbers too.
-        self._restored_rng = checkpoint.get(RNG_STATES)
-        return super().on_load_checkpoint(trainer, pl_module, checkpoint)
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if self._restored_rng is None:
-            return
-        set_rng_states(self._restored_rng)
-        self._restored_rng = None
-        # An uninterrupted run starts this epoch's data iterator only now, which draws its base seed from
-        # the global generator; Lightning started the first resumed epoch's iterator before this hook.
-        # Replaying that start keeps every later draw (dropout masks) where it would have been.
-        loader = trainer.train_dataloader
-        if loader is not None:
-            iter(loader)
-
-
 # ---------------------------------------------------------------------------------------------- reading
 def load_file(path, map_location: Any = "cpu", key: str = "ckpt_path") -> Any:
     """`torch.load(path, weights_only=True)` with an error naming the file for each way it can be bad."""
@@ -207,7 +166,7 @@ def resolve_ckpt_path(ckpt_path: Optional[str], run_dir: str | Path) -> Optional
         return None
     if str(ckpt_path) != LAST:
         return Path(ckpt_path)
-    path = Path(run_dir) / "checkpoints" / "last.ckpt"
+    path = rundir.last_checkpoint(run_dir)
     if not path.is_file():
         raise CheckpointError(
             f"ckpt_path=last: there is no {str(path)!r}. To resume a run, start train.py in that run's directory "
@@ -319,7 +278,7 @@ def prepare_resume(cfg: DictConfig, current_config: dict) -> Optional[Resume]:
     with open_dict(cfg):
         cfg.ckpt_path = str(path.resolve())
     resume = Resume(path=path, epoch=int(checkpoint["epoch"]), epoch_log=checkpoint.get(EPOCH_LOG))
-    if path.resolve().parent != (run_dir / "checkpoints").resolve():
+    if path.resolve().parent != rundir.checkpoint_dir(run_dir).resolve():
         return resume  # a checkpoint from elsewhere starts a new run (fine-tuning, a copied checkpoint)
     wandb = (cfg.get("logger") or {}).get("wandb")
     if wandb and wandb.get("id") is None:

@@ -14,9 +14,7 @@ from typing import Any, Mapping
 from hydra.utils import get_method
 from omegaconf import DictConfig, ListConfig
 
-
-class ConfigError(ValueError):
-    """A config value or key that cannot work; the message names the key and what is allowed."""
+from peephole_lstm.training.errors import ConfigError
 
 
 def _parameters(target: str, key: str) -> tuple[set[str], bool]:

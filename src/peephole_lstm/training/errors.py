@@ -20,19 +20,26 @@ from hydra.errors import CompactHydraException, InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from peephole_lstm.data.base import DataError
-from peephole_lstm.training.checks import ConfigError
 
 FULL_ERROR = "HYDRA_FULL_ERROR"
 
 
+class ConfigError(ValueError):
+    """A config value or key that cannot work; the message names the key and what is allowed.
+
+    The base of every "your configuration is wrong" error: `ModelConfigError` (training/module.py, a
+    `model.*` setting) and `CheckpointError` (training/checkpointing.py, a `ckpt_path`) derive from it.
+    Mistakes in the data itself are `peephole_lstm.data.DataError` (the data package does not import
+    the training code).
+    """
+
+
+# What `reported()` prints as one message: a mistake of the user, not a bug.
+USER_ERRORS = (ConfigError, DataError)
+
+
 class UserError(CompactHydraException):
     """A mistake in the config, the data or a checkpoint path; Hydra prints just this message."""
-
-
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    from peephole_lstm.training.module import ModelConfigError  # Lightning: loaded only here
-
-    return (ConfigError, DataError, ModelConfigError)
 
 
 @contextlib.contextmanager
@@ -40,7 +47,7 @@ def reported() -> Iterator[None]:
     """Around a task function: user errors become one-message `UserError`s (unless HYDRA_FULL_ERROR=1)."""
     try:
         yield
-    except _user_error_types() as e:
+    except USER_ERRORS as e:
         if os.environ.get(FULL_ERROR) == "1":
             raise
         message = f"Error: {e}"

@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.export import Dim
 
+from peephole_lstm import rundir
 from peephole_lstm.training.module import SequenceModel
-from peephole_lstm.training.checks import ConfigError
+from peephole_lstm.training.errors import ConfigError
 from peephole_lstm.training.run import load_checkpoint
 
 
@@ -40,10 +41,9 @@ def find_checkpoint(path: str | Path, which: str = "best") -> Path:
     if not path.is_dir():
         raise ConfigError(f"{str(path)!r} is neither a checkpoint file nor a run directory")
     if which == "last":
-        found = [path / "checkpoints" / "last.ckpt"]
-        found = [p for p in found if p.is_file()]
+        found = [p for p in [rundir.last_checkpoint(path)] if p.is_file()]
     else:
-        found = sorted((path / "checkpoints").glob("best-*.ckpt"))
+        found = sorted(rundir.checkpoint_dir(path).glob(rundir.BEST_CHECKPOINT_GLOB))
     if len(found) != 1:
         raise ConfigError(f"{str(path)!r}: expected one {which} checkpoint in checkpoints/, found "
                           f"{[p.name for p in found] or 'none'}; pass the .ckpt file itself")

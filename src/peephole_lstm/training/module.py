@@ -20,27 +20,23 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
 from peephole_lstm import PeepholeLSTM, variants
+from peephole_lstm.nn.layer import check_layer_arguments
+from peephole_lstm.nn.options import CELL_OPTIONS, CellOptions
+from peephole_lstm.training.errors import ConfigError
 from peephole_lstm.training.metrics import BitsPerCharacter, NormalizedRMSE, SolveRate, TimingError
-from peephole_lstm.training.schema import ModelConfig
 
-# PeepholeLSTM keyword arguments taken from the model config (arch=peephole only).
-PEEPHOLE_OPTIONS = (
-    "proj_size", "peephole", "peephole_gates", "output_peephole", "coupled", "input_gate", "forget_gate",
-    "output_gate", "input_activation", "output_activation", "gate_recurrence", "forget_bias", "cell_clip",
-    "layer_norm", "zoneout",
-)
+# The options' defaults, to tell the options a user set from the ones a variant preset may replace.
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(CellOptions)}
 
 
-# The schema's defaults, to tell the options a user set from the ones a variant preset may replace.
-_DEFAULTS = {f.name: getattr(f.default, "value", f.default) for f in dataclasses.fields(ModelConfig)}
-
-
-class ModelConfigError(ValueError):
+class ModelConfigError(ConfigError):
     """A `model.*` setting that is invalid on its own or for this task; the message names the key."""
 
 
-def recurrent_network(cfg: dict, input_size: int) -> nn.Module:
-    """The batch-first recurrent network the model config describes (validated by its constructor)."""
+def network_arguments(cfg: dict, input_size: int) -> tuple[type[nn.Module], dict]:
+    """The batch-first recurrent network the model config describes, as its class and keyword arguments,
+    every option checked as its constructor would check it (ModelConfigError naming the key) without
+    building it: a run validates its config this way before the data is loaded."""
     common = dict(
         input_size=input_size, hidden_size=cfg["hidden_size"], num_layers=cfg["num_layers"], bias=cfg["bias"],
         batch_first=True, dropout=cfg["dropout"], bidirectional=cfg["bidirectional"],
@@ -49,7 +45,7 @@ def recurrent_network(cfg: dict, input_size: int) -> nn.Module:
     if arch != "peephole":
         # torch's LSTM/GRU have none of PeepholeLSTM's options: one set by the user would be ignored
         # silently, and a sweep over it would report identical models under different labels.
-        ignored = [f"model.{k}={cfg[k]!r}" for k in PEEPHOLE_OPTIONS
+        ignored = [f"model.{k}={cfg[k]!r}" for k in CELL_OPTIONS
                    if cfg[k] != _DEFAULTS[k] and not (k == "proj_size" and arch == "lstm")
                    and not (k == "peephole" and cfg[k] == "none")]
         if ignored:
@@ -63,10 +59,12 @@ def recurrent_network(cfg: dict, input_size: int) -> nn.Module:
             raise ModelConfigError(
                 f"model.backend selects PeepholeLSTM kernels; arch={arch} uses torch's own kernels"
             )
+        # torch checks the same sizes and dropout; these checks name the key (and are user errors).
+        _check(common, dict(proj_size=cfg["proj_size"]))
         if arch == "lstm":
-            return nn.LSTM(**common, proj_size=cfg["proj_size"])
-        return nn.GRU(**common)  # proj_size was refused above
-    options = {k: cfg[k] for k in PEEPHOLE_OPTIONS}
+            return nn.LSTM, dict(common, proj_size=cfg["proj_size"])
+        return nn.GRU, common  # proj_size was refused above
+    options = {k: cfg[k] for k in CELL_OPTIONS}
     if cfg.get("variant") is not None:
         preset = variants[cfg["variant"]]
         # The preset wins; say so when it silently replaces a value the user changed from its default.
@@ -81,10 +79,24 @@ def recurrent_network(cfg: dict, input_size: int) -> nn.Module:
             f"model.compile=true compiles the whole network, each layer one operator (model.backend=auto or "
             f"fused); model.backend={backend} runs a per-step loop, which the compiled graph would unroll"
         )
+    _check(common, options, backend)
+    return PeepholeLSTM, dict(common, **options, backend=backend)
+
+
+def _check(common: dict, options: dict, backend: str = "auto") -> None:
+    """PeepholeLSTM's constructor's checks (the layer's arguments, then CellOptions), as ModelConfigErrors."""
     try:
-        return PeepholeLSTM(**common, **options, backend=backend)
+        check_layer_arguments(common["num_layers"], common["batch_first"], common["dropout"],
+                              common["bidirectional"], backend)
+        CellOptions(common["input_size"], common["hidden_size"], common["bias"], **options)
     except ValueError as e:
         raise ModelConfigError(f"model: {e}") from e
+
+
+def recurrent_network(cfg: dict, input_size: int) -> nn.Module:
+    """The batch-first recurrent network the model config describes (see network_arguments)."""
+    network, arguments = network_arguments(cfg, input_size)
+    return network(**arguments)
 
 
 def _detach(state):

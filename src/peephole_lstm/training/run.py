@@ -18,18 +18,17 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from peephole_lstm import rundir
 from peephole_lstm.training import ddp
 from peephole_lstm.training.checkpointing import AtomicCheckpointIO, Resume, load_file, prepare_resume
-from peephole_lstm.training.checks import ConfigError, check_schema_keys, check_targets
-from peephole_lstm.training.errors import check_missing, instantiate
+from peephole_lstm.training.checks import check_schema_keys, check_targets
+from peephole_lstm.training.errors import ConfigError, check_missing, instantiate
 from peephole_lstm.training.loggers import (
     TensorBoardLogger, close_loggers, finish_wandb, run_hparams, swept_overrides, wandb_info,
 )
-from peephole_lstm.training.module import SequenceModel, recurrent_network
+from peephole_lstm.training.module import SequenceModel, network_arguments
 from peephole_lstm.training.schema import EvalConfig, TrainConfig
-from peephole_lstm.training.runinfo import (
-    hydra_overrides, print_config_tree, resolved, save_config, write_results,
-)
+from peephole_lstm.training.runinfo import hydra_overrides, print_config_tree, resolved, save_config
 
 # `import lightning` gives its logger a console handler of its own; Hydra's root handlers already print
 # (and write train.log), so under Hydra every Lightning message would be shown twice.
@@ -87,14 +86,15 @@ def _run_job(cfg: DictConfig, prepare: Callable[[DictConfig], Any], body: Callab
             body(cfg, job, prepared)
     except BaseException as e:
         if not child:
-            write_results(run_dir, status="failed", error=f"{type(e).__name__}: {e}", metrics=job.metrics,
-                          seed=cfg.seed, wandb=job.wandb)
+            rundir.write_results(run_dir, status=rundir.FAILED, error=f"{type(e).__name__}: {e}",
+                                 metrics=job.metrics, seed=cfg.seed, wandb=job.wandb, overrides=hydra_overrides())
         finish_wandb(failed=True)
         raise
     finally:
         close_loggers(job.loggers)
     if not child:
-        write_results(run_dir, status="completed", error=None, metrics=job.metrics, seed=cfg.seed, wandb=job.wandb)
+        rundir.write_results(run_dir, status=rundir.COMPLETED, error=None, metrics=job.metrics, seed=cfg.seed,
+                             wandb=job.wandb, overrides=hydra_overrides())
     finish_wandb(failed=False)
     return job.metrics
 
@@ -145,7 +145,8 @@ def _prepare_fit(cfg: DictConfig) -> _Prepared:
     check_targets(cfg.model.optimizer, "model.optimizer")
     if cfg.model.scheduler:
         check_targets(cfg.model.scheduler, "model.scheduler")
-    recurrent_network(model_cfg, input_size=1)  # model options fail here, before any data is loaded
+    # Model options fail here, before any data is loaded; the input size is the data's, any valid one will do.
+    network_arguments(model_cfg, input_size=1)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the config tree shows the seed
 
     datamodule = instantiate(cfg.data, "data")
@@ -204,7 +205,7 @@ def _remove_unused_run_dir(run_dir: str) -> None:
         return
     path = Path(run_dir)
     log_name = f"{HydraConfig.get().job.name}.log"
-    if not path.is_dir() or not {p.name for p in path.iterdir()} <= {".hydra", log_name}:
+    if not path.is_dir() or not {p.name for p in path.iterdir()} <= {rundir.HYDRA_DIR, log_name}:
         return
     try:
         started = os.stat("/proc/self").st_ctime  # this process's start (Linux); elsewhere keep the dir

@@ -8,6 +8,8 @@ checked against those signatures by `peephole_lstm.training.checks` before the d
 """
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, List, Optional
@@ -15,7 +17,7 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from peephole_lstm.nn.options import ACTIVATIONS, BACKENDS, OUTPUT_PEEPHOLES, PEEPHOLES, variants
+from peephole_lstm.nn.options import BACKENDS, CHOICES, CellOptions, variants
 
 
 def _choices(name: str, values) -> type[Enum]:
@@ -24,59 +26,70 @@ def _choices(name: str, values) -> type[Enum]:
 
 
 Arch = _choices("Arch", ("peephole", "lstm", "gru"))
-Peephole = _choices("Peephole", PEEPHOLES)
-OutputPeephole = _choices("OutputPeephole", OUTPUT_PEEPHOLES)
-Activation = _choices("Activation", ACTIVATIONS)
 Backend = _choices("Backend", BACKENDS)
 Variant = _choices("Variant", variants)
+# The cell options with a fixed set of values, by name: Peephole, OutputPeephole, InputActivation, ...
+_ENUMS = {name: _choices(name.title().replace("_", ""), values) for name, values in CHOICES.items()}
+
+# Where each `model` / `extras` value is defined, once: a key that conf/model/peephole_lstm.yaml (or
+# conf/extras/default.yaml) sets has no default here (MISSING), the YAML is what runs use; the cell options
+# take theirs from CellOptions; the others (embedding_dim, ...) have theirs below.
+# tests/training/test_single_source.py checks that no value is written twice.
 
 
 @dataclass
-class ModelConfig:
-    """The recurrent network, its task head and its optimisation (see docs/configuration.md)."""
+class _NetworkKeys:
+    arch: Arch = MISSING  # peephole: peephole_lstm.PeepholeLSTM; lstm / gru: torch.nn baselines
+    variant: Optional[Variant] = MISSING  # a Greff et al. preset; its options override the cell options
+    hidden_size: int = MISSING
+    num_layers: int = MISSING
+    dropout: float = MISSING  # between recurrent layers, as in nn.LSTM
+    bidirectional: bool = MISSING
 
-    arch: Arch = Arch.peephole  # peephole: peephole_lstm.PeepholeLSTM; lstm / gru: torch.nn baselines
-    variant: Optional[Variant] = None  # a Greff et al. preset; its options override the ones below
-    hidden_size: int = 32
-    num_layers: int = 1
-    dropout: float = 0.0  # between recurrent layers, as in nn.LSTM
-    bidirectional: bool = False
-    proj_size: int = 0
-    bias: bool = True
-    # PeepholeLSTM options (arch=peephole only; the nn.LSTM / nn.GRU baselines have none of them)
-    peephole: Peephole = Peephole.diagonal
-    peephole_gates: str = "ifo"
-    output_peephole: OutputPeephole = OutputPeephole.current
-    coupled: bool = False
-    input_gate: bool = True
-    forget_gate: bool = True
-    output_gate: bool = True
-    input_activation: Activation = Activation.tanh
-    output_activation: Activation = Activation.tanh
-    gate_recurrence: bool = False
-    forget_bias: float = 1.0
-    cell_clip: Optional[float] = None
-    layer_norm: bool = False
-    zoneout: float = 0.0
-    backend: Backend = Backend.auto
-    compile: bool = False  # torch.compile the whole network (docs/export.md says when it pays off)
+
+def _cell_keys() -> list[tuple[str, Any, Any]]:
+    """bias, proj_size and PeepholeLSTM's options as (name, type, field): CellOptions' fields with its
+    defaults, an option with fixed values typed by its Enum, so that a wrong value fails at composition
+    naming the allowed ones. (input_size is the data's; hidden_size is a network key above.)"""
+    hints = typing.get_type_hints(CellOptions)
+    keys = []
+    for f in dataclasses.fields(CellOptions):
+        if f.name in ("input_size", "hidden_size"):
+            continue
+        enum = _ENUMS.get(f.name)
+        if enum is not None:
+            keys.append((f.name, enum, field(default=enum[f.default])))
+        else:
+            keys.append((f.name, hints[f.name], field(default=f.default)))
+    return keys
+
+
+# (The cell options apply to arch=peephole only; the nn.LSTM / nn.GRU baselines have bias and, LSTM, proj_size.)
+_CellKeys = dataclasses.make_dataclass("_CellKeys", _cell_keys(), bases=(_NetworkKeys,))
+
+
+@dataclass
+class ModelConfig(_CellKeys):
+    """The recurrent network, its task head and its optimisation (see docs/configuration.md): the network's
+    keys (arch ... bidirectional), the cell options (CellOptions' fields from bias to zoneout), then these."""
+
+    backend: Backend = MISSING
+    compile: bool = MISSING  # torch.compile the whole network (docs/export.md says when it pays off)
     # task heads
     embedding_dim: int = 32  # lm: character embedding size
     head_dropout: float = 0.0  # dropout on the recurrent features before the output layer
     # optimisation: `optimizer` / `scheduler` are partials instantiated with the parameters / optimizer
-    lr: float = 3e-3
-    optimizer: Any = field(
-        default_factory=lambda: {"_target_": "torch.optim.Adam", "_partial_": True, "weight_decay": 0.0}
-    )
-    scheduler: Any = None
+    lr: float = MISSING
+    optimizer: Any = MISSING
+    scheduler: Any = MISSING  # null: a constant learning rate
     scheduler_monitor: str = "val/loss"  # for ReduceLROnPlateau
 
 
 @dataclass
-class ExtrasConfig:
-    print_config: bool = True  # print the composed config as a rich tree at start
-    ignore_warnings: bool = False  # silence Python warnings (e.g. Lightning's num_workers hint)
-    torch_threads: Optional[int] = None  # torch.set_num_threads; None leaves torch's default
+class ExtrasConfig:  # the values: conf/extras/default.yaml
+    print_config: bool = MISSING  # print the composed config as a rich tree at start
+    ignore_warnings: bool = MISSING  # silence Python warnings (e.g. Lightning's num_workers hint)
+    torch_threads: Optional[int] = MISSING  # torch.set_num_threads; None leaves torch's default
 
 
 @dataclass
