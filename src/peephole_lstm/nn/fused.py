@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from peephole_lstm.nn.cell import step_flags
-from peephole_lstm.nn.functional import StepFlags, _peep, input_projection, lstm_sequence, lstm_step
+from peephole_lstm.nn.functional import StepFlags, _peep, lstm_sequence, lstm_step
 from peephole_lstm.nn.options import CellOptions
 
 try:

@@ -335,7 +335,7 @@ def _tiles(B: int, N: int):
 
 
 class _Layout:
-    """The static arguments shared by the kernels of one call, decoded from fused._config's."""
+    """The static arguments shared by the kernels of one call, decoded from fused.config's."""
 
     def __init__(self, idx: List[int], flags, clip: float, zoneout: float, dtype: torch.dtype):
         self.full, self.current, self.coupled, self.act_in, self.act_out = (bool(f) for f in flags)
