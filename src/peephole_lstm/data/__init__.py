@@ -6,6 +6,7 @@ from peephole_lstm.data.base import DataError, TaskSpec
 from peephole_lstm.data.chars import CharDataModule
 from peephole_lstm.data.csvfile import CSVDataModule
 from peephole_lstm.data.digits import DigitsDataModule
+from peephole_lstm.data.jsb_chorales import JSBChoralesDataModule
 from peephole_lstm.data.mackey_glass import MackeyGlassDataModule
 from peephole_lstm.data.timing import TimingDataModule
 
@@ -14,6 +15,7 @@ __all__ = [
     "CharDataModule",
     "DataError",
     "DigitsDataModule",
+    "JSBChoralesDataModule",
     "MackeyGlassDataModule",
     "TaskSpec",
     "TimingDataModule",

@@ -6,13 +6,16 @@ data, so every data error surfaces before training starts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-TASKS = ("forecast", "seq2seq", "classify", "lm")
+TASKS = ("forecast", "seq2seq", "classify", "lm", "multilabel")
+# multilabel targets of variable-length sequences are padded to the batch's longest with this value on
+# every output of a frame past the sequence's end; the loss and metrics leave those frames out.
+PAD_TARGET = -1.0
 TIMING_KINDS = (None, "delay", "echo_spike", "spike_train")
 
 
@@ -113,6 +116,7 @@ def make_loader(
     num_workers: int,
     seed: int,
     drop_last: bool = False,
+    collate_fn: Callable | None = None,
 ) -> DataLoader:
     sampler = EpochShuffleSampler(len(dataset), seed) if shuffle else None
     return DataLoader(
@@ -120,6 +124,7 @@ def make_loader(
         batch_size=batch_size,
         sampler=sampler,
         drop_last=drop_last,
+        collate_fn=collate_fn,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
     )
@@ -127,7 +132,10 @@ def make_loader(
 
 class SplitDataModule(L.LightningDataModule):
     """A datamodule whose idempotent setup() fills ``self.datasets`` with the "train", "val" and "test"
-    splits; only the training split is shuffled (anew each epoch, from seed and epoch)."""
+    splits; only the training split is shuffled (anew each epoch, from seed and epoch). A subclass whose
+    items differ in length sets `collate_fn` (a staticmethod) to pad them into a batch."""
+
+    collate_fn: Callable | None = None
 
     def _loader(self, split: str) -> DataLoader:
         self.setup()
@@ -137,6 +145,7 @@ class SplitDataModule(L.LightningDataModule):
             shuffle=split == "train",
             num_workers=self.num_workers,
             seed=self.seed,
+            collate_fn=self.collate_fn,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -19,12 +19,11 @@ from typing import Optional
 import hydra.utils
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.export import Dim
 
 from peephole_lstm import rundir
-from peephole_lstm.training.module import SequenceModel
+from peephole_lstm.training.module import SequenceModel, task_loss
 from peephole_lstm.training.errors import ConfigError
 from peephole_lstm.training.run import load_checkpoint
 
@@ -72,13 +71,6 @@ def _initial_state(model: SequenceModel, batch: int) -> tuple[Tensor, ...]:
     if isinstance(rnn, nn.GRU):
         return (h,)
     return h, torch.zeros(n, batch, rnn.hidden_size)
-
-
-def _loss(task: str, pred: Tensor, y: Tensor) -> Tensor:
-    """The training loss of SequenceModel._step, per batch."""
-    if task in ("forecast", "seq2seq"):
-        return F.mse_loss(pred, y)
-    return F.cross_entropy(pred.reshape(-1, pred.shape[-1]), y.reshape(-1))
 
 
 def export_checkpoint(checkpoint_path: str | Path, out: Optional[str | Path] = None, which: str = "best",
@@ -137,8 +129,8 @@ def export_checkpoint(checkpoint_path: str | Path, out: Optional[str | Path] = N
             if stateful:
                 state, onnx_state = tuple(want[1:]), tuple(torch.from_numpy(g) for g in got[1:])
             pred = want[0]
-            torch_loss += _loss(model.task, pred, y).item() * x.shape[0]
-            onnx_loss += _loss(model.task, torch.from_numpy(got[0]), y).item() * x.shape[0]
+            torch_loss += task_loss(model.task, pred, y).item() * x.shape[0]
+            onnx_loss += task_loss(model.task, torch.from_numpy(got[0]), y).item() * x.shape[0]
             n += x.shape[0]
     report = {
         "checkpoint": str(ckpt_path), "onnx": str(out), "task": model.task, "test_samples": n,

@@ -1,6 +1,6 @@
-"""The task metrics that torchmetrics does not ship: NRMSE and bits per character.
+"""The task metrics that torchmetrics does not ship: NRMSE, bits per character, frame NLL, exact timing.
 
-Both keep sums as states (reduced by summation across DDP ranks), so the value over a whole split is
+They keep sums as states (reduced by summation across DDP ranks), so the value over a whole split is
 exact, not an average of per-batch values.
 """
 from __future__ import annotations
@@ -67,6 +67,54 @@ class BitsPerCharacter(Metric):
 
     def compute(self) -> Tensor:
         return (self.sum_nats / self.count / math.log(2.0)).float()
+
+
+# ----------------------------------------------------------------------------- multi-label sequences
+def valid_frames(target: Tensor) -> Tensor:
+    """(B, T) bool: the frames of a multilabel target (B, T, K) that are real, not padding (the datamodule
+    pads a batch's shorter sequences with PAD_TARGET = -1 on every output of a frame; data/base.py)."""
+    return target[..., 0] >= 0
+
+
+def masked_bce_with_logits(logits: Tensor, target: Tensor) -> Tensor:
+    """Binary cross-entropy of independent Bernoullis with these logits, in nats, averaged over every output
+    of every real frame (padded frames left out): the multilabel training loss, = FrameNLL / K."""
+    mask = valid_frames(target)
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits[mask], target[mask])
+
+
+class FrameNLL(Metric):
+    """Frame-level negative log-likelihood in nats, as Boulanger-Lewandowski et al. (2012) and Greff et al.
+    (2017) report it for polyphonic music:
+
+        NLL = (1 / F) * sum over real frames f, sum over outputs k of
+              -[y_fk * log(sigmoid(z_fk)) + (1 - y_fk) * log(1 - sigmoid(z_fk))]
+
+    with logits z, targets y in {0, 1}, K outputs (88 keys) and F the number of real (not padded) frames
+    of the split: the Bernoulli NLL summed over the keys of a frame, averaged over frames. Sums are kept
+    in float64 and reduced across DDP ranks, so the value is exact over the whole split.
+    """
+
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("sum_nats", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("frames", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, logits: Tensor, target: Tensor) -> None:
+        """logits and target (B, T, K); target in {0, 1}, or PAD_TARGET on every output of a padded frame."""
+        if logits.shape != target.shape:
+            raise ValueError(f"FrameNLL: logits {list(logits.shape)} and target {list(target.shape)} differ")
+        mask = valid_frames(target)
+        self.sum_nats += torch.nn.functional.binary_cross_entropy_with_logits(
+            logits.detach()[mask].double(), target[mask].double(), reduction="sum")
+        self.frames += mask.sum()
+
+    def compute(self) -> Tensor:
+        return (self.sum_nats / self.frames).float()
 
 
 # ----------------------------------------------------------------------------- exact timing

@@ -23,7 +23,15 @@ from peephole_lstm import PeepholeLSTM, variants
 from peephole_lstm.nn.layer import check_layer_arguments
 from peephole_lstm.nn.options import CELL_OPTIONS, CellOptions
 from peephole_lstm.training.errors import ConfigError
-from peephole_lstm.training.metrics import BitsPerCharacter, NormalizedRMSE, SolveRate, TimingError
+from peephole_lstm.training.metrics import (
+    BitsPerCharacter,
+    FrameNLL,
+    NormalizedRMSE,
+    SolveRate,
+    TimingError,
+    masked_bce_with_logits,
+    valid_frames,
+)
 
 # The options' defaults, to tell the options a user set from the ones a variant preset may replace.
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(CellOptions)}
@@ -99,6 +107,15 @@ def recurrent_network(cfg: dict, input_size: int) -> nn.Module:
     return network(**arguments)
 
 
+def task_loss(task: str, pred: Tensor, y: Tensor) -> Tensor:
+    """The training loss per task (module docstring); also what scripts/export.py checks ONNX models on."""
+    if task in ("forecast", "seq2seq"):
+        return F.mse_loss(pred, y)
+    if task == "multilabel":
+        return masked_bce_with_logits(pred, y)
+    return F.cross_entropy(pred.reshape(-1, pred.shape[-1]), y.reshape(-1))
+
+
 def _detach(state):
     if isinstance(state, tuple):
         return tuple(s.detach() for s in state)
@@ -117,6 +134,8 @@ class SequenceModel(pl.LightningModule):
     classify: linear map from the last hidden state to class logits; cross-entropy.
     lm:       embedding -> RNN -> per-step logits over the vocabulary; cross-entropy. With
               spec["stateful"] the (detached) state is carried across batches and reset each epoch.
+    multilabel: per-step linear map to one logit per output (independent Bernoullis, e.g. the 88 keys of
+              a piano roll's next frame); binary cross-entropy per output, padded frames left out.
     """
 
     def __init__(self, spec: dict, model: dict) -> None:
@@ -124,8 +143,10 @@ class SequenceModel(pl.LightningModule):
         self.save_hyperparameters()
         self.spec, self.cfg = spec, model
         self.task = spec["task"]
-        if self.task == "lm" and model["bidirectional"]:
-            raise ModelConfigError("model.bidirectional=true would let a language model see the next character")
+        if self.task in ("lm", "multilabel") and model["bidirectional"]:
+            # the target at step t is the input at step t + 1, which the backward direction reads
+            raise ModelConfigError(f"model.bidirectional=true would let a {self.task} model see the next step, "
+                                   f"its target")
         if self.task == "lm":
             self.embedding = nn.Embedding(spec["input_size"], model["embedding_dim"])
             rnn_input = model["embedding_dim"]
@@ -160,6 +181,8 @@ class SequenceModel(pl.LightningModule):
             )
         if self.task == "classify":
             return MetricCollection({"acc": MulticlassAccuracy(self.spec["output_size"], average="micro")})
+        if self.task == "multilabel":
+            return MetricCollection({"nll": FrameNLL()})
         return MetricCollection({"bpc": BitsPerCharacter(), "ppl": Perplexity()})
 
     # ------------------------------------------------------------------ forward
@@ -171,7 +194,7 @@ class SequenceModel(pl.LightningModule):
 
     def forward(self, x: Tensor, state=None):
         """Returns (predictions, final state). Predictions: forecast (B, horizon, out), seq2seq (B, T, out),
-        classify (B, classes), lm (B, T, vocab)."""
+        classify (B, classes), lm (B, T, vocab), multilabel (B, T, out) logits."""
         if self.task == "lm":
             x = self.embedding(x)
         out, state = self.rnn(x, state)
@@ -193,12 +216,12 @@ class SequenceModel(pl.LightningModule):
         pred, state = self(x, state)
         if self.spec.get("stateful"):
             self._carried[stage] = _detach(state)
-        if self.task in ("forecast", "seq2seq"):
-            loss = F.mse_loss(pred, y)
-        else:
-            loss = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), y.reshape(-1))
+        loss = task_loss(self.task, pred, y)
+        # The epoch's loss is the mean of the batches' weighted by this: for multilabel the real frames (the
+        # loss is a mean over them), which makes it the exact per-key mean over the split's frames.
+        weight = int(valid_frames(y).sum()) if self.task == "multilabel" else x.shape[0]
         # Epoch means only: logging per step too would rename the metric to train/loss_step / _epoch.
-        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=x.shape[0],
+        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=weight,
                  sync_dist=True)
         if stage != "train":
             metrics = self.metrics[stage]
