@@ -12,7 +12,7 @@ CONF = Path(__file__).resolve().parents[2] / "conf" / "data"
 SELF_CONTAINED = ["mackey_glass", "timing", "chars", "digits"]
 
 
-@pytest.mark.parametrize("name", ["mackey_glass", "timing", "csv", "chars", "digits"])
+@pytest.mark.parametrize("name", ["mackey_glass", "timing", "csv", "chars", "digits", "jsb_chorales"])
 def test_config_lists_every_argument_with_its_default(name):
     cfg = OmegaConf.load(CONF / f"{name}.yaml")
     params = inspect.signature(get_class(cfg._target_).__init__).parameters

@@ -1,4 +1,5 @@
 """data=jsb_chorales: music21's Bach chorales as quarter-note piano rolls, split by a fixed hash of the work."""
+import math
 import sys
 import warnings
 
@@ -19,6 +20,9 @@ from peephole_lstm.data.jsb_chorales import (
     split_of,
     work_of,
 )
+
+from tests.helpers.configs import QUIET
+from tests.helpers.scripts import csv_rows, explain, results, run_dirs, run_script
 
 music21 = pytest.importorskip("music21")
 from music21 import chord, instrument, meter, note, stream  # noqa: E402
@@ -168,3 +172,23 @@ def test_limited_datamodule_batches_and_its_cache(tmp_path):
         warnings.simplefilter("error")
         JSBChoralesDataModule(limit_chorales=2, cache_dir=str(tmp_path)).setup()  # rewritten: read quietly
     assert not list(tmp_path.glob(".*.tmp"))  # no temp file left behind
+
+
+@pytest.mark.slow
+def test_train_py_learns_a_few_chorales(tmp_path):
+    """`python train.py data=jsb_chorales` end to end on 4 chorales per split: it logs the frame NLL per
+    epoch and scores the test split better than the uninformed model (every key at p = 0.5: 88 ln 2)."""
+    proc = run_script("train.py", "data=jsb_chorales", "data.limit_chorales=4", f"data.cache_dir={tmp_path / 'cache'}",
+                      "trainer.max_epochs=5", "model.lr=0.03", *QUIET, "logger=csv", cwd=tmp_path)
+    assert proc.returncode == 0, explain(proc)
+    (run,) = run_dirs(tmp_path)
+    res = results(run)
+    assert res["status"] == "completed"
+    metrics = res["metrics"]
+    assert 0 < metrics["test/nll"] < 88 * math.log(2) and 0 < metrics["val/nll"] < 88 * math.log(2)
+    # the loss is the per-key mean over the split's real frames, so 88 x loss is the frame NLL
+    assert metrics["val/loss"] * 88 == pytest.approx(metrics["val/nll"], rel=1e-4)
+    assert metrics["test/loss"] * 88 == pytest.approx(metrics["test/nll"], rel=1e-4)
+    per_epoch = [float(r["val/nll"]) for r in csv_rows(run) if r.get("val/nll") and r.get("epoch")]
+    assert len(per_epoch) >= 5 and per_epoch[-1] < per_epoch[0]
+    assert list((tmp_path / "cache").glob("jsb_chorales-*.npz"))

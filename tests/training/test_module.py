@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from tests.helpers.configs import compose_config
 from peephole_lstm import PeepholeLSTM
-from peephole_lstm.training.metrics import BitsPerCharacter, NormalizedRMSE
+from peephole_lstm.data.base import PAD_TARGET
+from peephole_lstm.training.metrics import BitsPerCharacter, FrameNLL, NormalizedRMSE, masked_bce_with_logits
 from peephole_lstm.training.module import ModelConfigError, SequenceModel, network_arguments, recurrent_network
 from peephole_lstm.training.runinfo import resolved
 
@@ -130,6 +131,73 @@ def test_compile_compiles_the_whole_model_in_place():
 def test_lm_rejects_bidirectional():
     with pytest.raises(ModelConfigError, match="bidirectional"):
         SequenceModel(spec("lm", input_size=5, output_size=5), model_cfg(bidirectional=True))
+
+
+# ----------------------------------------------------------------------------- multilabel (data=jsb_chorales)
+def _bernoulli_nll(z: float, y: float) -> float:
+    """-log P(y | sigmoid(z)) in float64, from the definition."""
+    p = 1.0 / (1.0 + math.exp(-z))
+    return -(y * math.log(p) + (1.0 - y) * math.log(1.0 - p))
+
+
+# two sequences of 3 frames, 2 outputs; the second sequence is 2 frames long, its frame 2 is padding
+LOGITS = torch.tensor([[[0.5, -1.0], [2.0, 0.0], [-3.0, 1.5]],
+                       [[-0.25, 0.75], [1.0, -2.0], [9.0, -9.0]]])
+TARGET = torch.tensor([[[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]],
+                       [[0.0, 0.0], [1.0, 0.0], [PAD_TARGET, PAD_TARGET]]])
+
+
+def _by_hand() -> tuple[float, int]:
+    """(sum over the real frames and outputs of the Bernoulli NLL, number of real frames)"""
+    total, frames = 0.0, 0
+    for b, t in [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]:
+        total += sum(_bernoulli_nll(LOGITS[b, t, k].item(), TARGET[b, t, k].item()) for k in range(2))
+        frames += 1
+    return total, frames
+
+
+def test_frame_nll_and_loss_match_the_formula_by_hand():
+    total, frames = _by_hand()
+    nll = FrameNLL()
+    nll.update(LOGITS, TARGET)
+    assert nll.compute().item() == pytest.approx(total / frames, rel=1e-6)  # summed over keys, mean over frames
+    assert masked_bce_with_logits(LOGITS, TARGET).item() == pytest.approx(total / (frames * 2), rel=1e-6)
+    # over batches the frames are pooled, not the batch means averaged: 3 + 2 frames, not (mean + mean) / 2
+    split = FrameNLL()
+    split.update(LOGITS[:1], TARGET[:1])
+    split.update(LOGITS[1:], TARGET[1:])
+    assert split.compute().item() == pytest.approx(total / frames, rel=1e-6)
+
+
+def test_padded_frames_change_neither_loss_nor_metric_nor_gradient():
+    logits = LOGITS.clone().requires_grad_()
+    loss = masked_bce_with_logits(logits, TARGET)
+    (grad,) = torch.autograd.grad(loss, logits)
+    assert grad[1, 2].eq(0).all() and grad[0].ne(0).all() and grad[1, :2].ne(0).all()
+    other = LOGITS.clone()
+    other[1, 2] = torch.tensor([-50.0, 50.0])  # whatever the model says after a sequence's end
+    assert masked_bce_with_logits(other, TARGET).item() == loss.item()
+    a, b = FrameNLL(), FrameNLL()
+    a.update(LOGITS, TARGET)
+    b.update(other, TARGET)
+    assert a.compute().item() == b.compute().item()
+    # a batch of the real frames alone scores the same
+    c = FrameNLL()
+    c.update(LOGITS[:1], TARGET[:1])
+    c.update(LOGITS[1:, :2], TARGET[1:, :2])
+    assert c.compute().item() == pytest.approx(a.compute().item(), rel=1e-7)
+
+
+def test_multilabel_head_loss_and_refused_bidirectional():
+    torch.manual_seed(0)
+    m = SequenceModel(spec("multilabel", input_size=2, output_size=2), model_cfg())
+    m.log = lambda *a, **k: None  # no Trainer attached; logging is tested by the training runs
+    x = torch.zeros(2, 3, 2)
+    logits = m(x)[0]
+    assert logits.shape == (2, 3, 2)  # one logit per output and step
+    torch.testing.assert_close(m.training_step((x, TARGET), 0), masked_bce_with_logits(logits, TARGET))
+    with pytest.raises(ModelConfigError, match="bidirectional=true would let a multilabel model see the next step"):
+        SequenceModel(spec("multilabel", input_size=2, output_size=2), model_cfg(bidirectional=True))
 
 
 @pytest.mark.parametrize("arch", ["peephole", "gru"])

@@ -16,6 +16,7 @@ TASK_METRICS = {  # forecast and seq2seq share the regression metrics
     "regression": {"val/mse", "val/mae", "val/nrmse"},
     "classify": {"val/acc"},
     "lm": {"val/bpc", "val/ppl"},
+    "multilabel": {"val/nll"},
 }
 # Every datamodule and task; small sizes so each fast_dev_run builds in about a second.
 DATA_CASES = {
@@ -33,6 +34,8 @@ DATA_CASES = {
     "chars": ["data=chars", "data.max_chars=20000", "data.seq_len=32"],
     "chars_stateful": ["data=chars", "data.stateful=true", "data.max_chars=20000", "data.seq_len=32",
                        "data.batch_size=8"],
+    # two chorales per split, parsed into the run's own cache (not the user's)
+    "jsb_chorales": ["data=jsb_chorales", "data.limit_chorales=2", "data.cache_dir=${paths.output_dir}/cache"],
 }
 
 
