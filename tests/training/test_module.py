@@ -196,7 +196,7 @@ def test_multilabel_head_loss_and_refused_bidirectional():
     logits = m(x)[0]
     assert logits.shape == (2, 3, 2)  # one logit per output and step
     torch.testing.assert_close(m.training_step((x, TARGET), 0), masked_bce_with_logits(logits, TARGET))
-    with pytest.raises(ModelConfigError, match="bidirectional=true would let a multilabel model see the next step"):
+    with pytest.raises(ModelConfigError, match="bidirectional=true would let a multilabel model see the next frame"):
         SequenceModel(spec("multilabel", input_size=2, output_size=2), model_cfg(bidirectional=True))
 
 

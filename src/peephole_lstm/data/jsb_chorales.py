@@ -42,8 +42,9 @@ QUANTIZE = ("during", "beat")  # piano_roll: a key is on when its note sounds du
 NOT_CHORALES = ("bwv846",)  # the corpus folder also holds the C major prelude of the Well-Tempered Clavier
 # Percent of works per split, by the hash bucket (0..99) of the work's name (split_of).
 SPLIT_BUCKETS = {"train": range(0, 60), "val": range(60, 80), "test": range(80, 100)}
-# Bump when what a cached piano roll holds changes (quantisation, voices, file set rule): old caches are ignored.
-CACHE_FORMAT = 1  # the cache holds note spans (note_spans); the quantisation is applied on loading
+# Bump when what the cache holds changes (note_spans: which parts, offsets, columns): old caches are then ignored.
+# The quantisation is applied on loading, so both `quantize` settings share one cache.
+CACHE_FORMAT = 1
 
 
 def _music21_dir() -> Path:
@@ -264,13 +265,14 @@ class JSBChoralesDataModule(SplitDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.datasets is not None:
             return
-        rolls = {name: piano_roll(spans, self.quantize)
-                 for name, spans in load_note_spans(self._files(), self.cache_dir).items()}
+        spans = load_note_spans(self._files(), self.cache_dir)
         names: dict[str, list[str]] = {split: [] for split in SPLIT_BUCKETS}
         seen: set[bytes] = set()
-        for name, roll in rolls.items():
-            key = hashlib.sha256(np.packbits(roll).tobytes() + str(roll.shape).encode()).digest()
-            if key in seen or len(roll) < 2:  # a duplicate, or too short to predict a next frame
+        for name, notes in spans.items():
+            # Duplicates are found on the "during" roll whatever `quantize` is, so both settings use one file set.
+            during = piano_roll(notes, "during")
+            key = hashlib.sha256(np.packbits(during).tobytes() + str(during.shape).encode()).digest()
+            if key in seen or len(during) < 2:  # a duplicate, or too short to predict a next frame
                 continue
             seen.add(key)
             names[split_of(name)].append(name)
@@ -278,7 +280,8 @@ class JSBChoralesDataModule(SplitDataModule):
             if not kept:
                 raise DataError(f"data=jsb_chorales: the {split} split is empty (limit_chorales={self.limit_chorales})")
         self.names = names
-        self.datasets = {split: ChoraleDataset([rolls[n] for n in kept]) for split, kept in names.items()}
+        self.datasets = {split: ChoraleDataset([piano_roll(spans[n], self.quantize) for n in kept])
+                         for split, kept in names.items()}
 
     @property
     def spec(self) -> TaskSpec:

@@ -143,10 +143,11 @@ class SequenceModel(pl.LightningModule):
         self.save_hyperparameters()
         self.spec, self.cfg = spec, model
         self.task = spec["task"]
-        if self.task in ("lm", "multilabel") and model["bidirectional"]:
-            # the target at step t is the input at step t + 1, which the backward direction reads
-            raise ModelConfigError(f"model.bidirectional=true would let a {self.task} model see the next step, "
-                                   f"its target")
+        # Both predict the next step, which is the next input: the backward direction would read it.
+        if self.task == "lm" and model["bidirectional"]:
+            raise ModelConfigError("model.bidirectional=true would let a language model see the next character")
+        if self.task == "multilabel" and model["bidirectional"]:
+            raise ModelConfigError("model.bidirectional=true would let a multilabel model see the next frame, its target")
         if self.task == "lm":
             self.embedding = nn.Embedding(spec["input_size"], model["embedding_dim"])
             rnn_input = model["embedding_dim"]
