@@ -25,7 +25,7 @@ from tests.helpers.configs import QUIET
 from tests.helpers.scripts import csv_rows, explain, results, run_dirs, run_script
 
 music21 = pytest.importorskip("music21")
-from music21 import chord, instrument, meter, note, stream  # noqa: E402
+from music21 import chord, meter, note, stream  # noqa: E402
 
 
 def keys(roll):
