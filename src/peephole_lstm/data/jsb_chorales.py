@@ -137,7 +137,9 @@ def parse_note_spans(path: Path) -> np.ndarray:
     except ImportError as e:
         raise ImportError(f"data=jsb_chorales parses the chorales with music21: pip install music21, or "
                           f"pip install -e '.[train]' ({e})") from e
-    return note_spans(converter.parse(str(path)), path.name)
+    # Our own cache holds what is needed: music21's pickles of whole scores (in its scratch folder) are
+    # neither read nor written.
+    return note_spans(converter.parseFile(str(path), forceSource=True, storePickle=False), path.name)
 
 
 def default_cache_dir() -> Path:
