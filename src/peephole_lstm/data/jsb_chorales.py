@@ -3,8 +3,9 @@
 One of the three datasets of Greff et al. (2017), "LSTM: A Search Space Odyssey", in the form of
 Boulanger-Lewandowski, Bengio & Vincent (2012): each chorale is a piano roll quantised to quarter notes
 (one frame per quarter-note beat) over the 88 piano keys, MIDI pitches 21..108, a key being on in a frame
-when a note of that pitch sounds at any time during the frame; the model reads frames 0..t and predicts
-which keys are on in frame t + 1 (task `multilabel`, one Bernoulli per key).
+when a note of that pitch sounds at any time during the frame (quantize="during", the default; "beat":
+at the frame's start); the model reads frames 0..t and predicts which keys are on in frame t + 1 (task
+`multilabel`, one Bernoulli per key).
 
 The scores are the MusicXML files of music21's corpus (`music21/corpus/bach/*.mxl`, part of its wheel: no
 download). What differs from the published set (382 chorales, the split of Allan & Williams 2005): this is
