@@ -3,8 +3,8 @@
 One of the three datasets of Greff et al. (2017), "LSTM: A Search Space Odyssey", in the form of
 Boulanger-Lewandowski, Bengio & Vincent (2012): each chorale is a piano roll quantised to quarter notes
 (one frame per quarter-note beat) over the 88 piano keys, MIDI pitches 21..108, a key being on in a frame
-when a note of that pitch sounds at any time during the frame (quantize="during", the default; "beat":
-at the frame's start); the model reads frames 0..t and predicts which keys are on in frame t + 1 (task
+when a note of that pitch sounds at the frame's start (quantize="beat", the default: at most one key per
+voice, as in the published set; "during": at any time during the frame); the model reads frames 0..t and predicts which keys are on in frame t + 1 (task
 `multilabel`, one Bernoulli per key).
 
 The scores are the MusicXML files of music21's corpus (`music21/corpus/bach/*.mxl`, part of its wheel: no
@@ -114,7 +114,7 @@ def note_spans(score, name: str = "score") -> np.ndarray:
     return spans
 
 
-def piano_roll(spans: np.ndarray, quantize: str = "during") -> np.ndarray:
+def piano_roll(spans: np.ndarray, quantize: str = "beat") -> np.ndarray:
     """(frames, 88) bool piano roll, one frame per quarter note, from note_spans.
 
     Frame t covers quarter notes [t0 + t, t0 + t + 1), t0 = the first onset's beat; key p - 21 is on in it
@@ -235,7 +235,7 @@ class JSBChoralesDataModule(SplitDataModule):
 
     def __init__(
         self,
-        quantize: str = "during",
+        quantize: str = "beat",
         batch_size: int = 16,
         limit_chorales: int | None = None,
         cache_dir: str | None = None,
