@@ -31,6 +31,7 @@ EXPERIMENTS = {
     "gers_timing": dict(metrics=["test/solve_rate", "test/timing_error", "test/nrmse"], reference="peephole=none"),
     "peephole_ablation": dict(metrics=["test/solve_rate", "test/nrmse"], reference="peephole=none"),
     "greff_variants": dict(metrics=["test/nrmse"], reference="variant=vanilla"),
+    "greff_jsb": dict(metrics=["test/nll"], reference="variant=vanilla"),
     "gers_msd_external": dict(metrics=["test/solve_rate", "test/timing_error"], reference="peephole=none"),
 }
 

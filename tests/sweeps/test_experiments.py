@@ -22,11 +22,17 @@ TINY_BUDGET = [
 ]
 
 
-@pytest.mark.parametrize("experiment", ["gers_timing", "peephole_ablation", "greff_variants", "gers_msd_external"])
+# greff_jsb: four chorales per split, parsed into the test's own cache (not the user's)
+EXTRA = {"greff_jsb": ["data.limit_chorales=4", "data.cache_dir=${hydra:runtime.cwd}/chorales"]}
+
+
+@pytest.mark.parametrize("experiment", ["gers_timing", "peephole_ablation", "greff_variants", "greff_jsb",
+                                        "gers_msd_external"])
 def test_experiment_runs_its_grid_by_itself(experiment, tmp_path):
     params, cfg = compose_sweep_params(experiment)
     params.pop("seed")
-    proc = run_sweep(f"experiment={experiment}", *TINY_BUDGET, cwd=tmp_path, timeout=900)  # no -m
+    proc = run_sweep(f"experiment={experiment}", *TINY_BUDGET, *EXTRA.get(experiment, []), cwd=tmp_path,
+                     timeout=900)  # no -m
     assert proc.returncode == 0, explain(proc)
     jobs = job_dirs(tmp_path / "sweep")
     assert len(jobs) == len(list(product(*params.values())))  # every arm of the grid ran
@@ -36,6 +42,8 @@ def test_experiment_runs_its_grid_by_itself(experiment, tmp_path):
         data = yaml.safe_load((job / "config.yaml").read_text())["data"]
         if data["_target_"].endswith("TimingDataModule") and data["task"] != "pfg":  # a task with exact timing
             assert {"val/solve_rate", "test/solve_rate", "test/timing_error"} <= set(res["metrics"])
+        elif data["_target_"].endswith("JSBChoralesDataModule"):
+            assert "test/nll" in res["metrics"] and "test/solve_rate" not in res["metrics"]
         else:
             assert "test/nrmse" in res["metrics"] and "test/solve_rate" not in res["metrics"]
         history = (job / "history.csv").read_text().splitlines()

@@ -129,12 +129,16 @@ def test_optuna_search_of_three_trials(tmp_path):
         ("greff_variants", {"data": ["mackey_glass", "gers_pfg"], "model.variant": list(variants)}),
         ("gers_timing", {"data": ["gers_msd_echo", "gers_msd_fine", "gers_gts", "gers_pfg"],
                          "model.peephole": ["none", "diagonal"]}),
+        ("greff_jsb", {"model.variant": list(variants)}),
         ("gers_msd_external", {"model.peephole": ["none", "diagonal"]}),
     ],
 )
 def test_experiment_grids(experiment, grid):
     params, cfg = compose_sweep_params(experiment)
-    assert params.pop("seed") == ["10", "11", "12", "13", "14"]  # 5 seeds, none of them used to pick recipes
+    # 5 seeds, none of them used to pick recipes; gers_timing's budget changed after its seeds 10-14 were
+    # seen (docs/results.md), so it runs on fresh ones
+    seeds = ["20", "21", "22", "23", "24"] if experiment == "gers_timing" else ["10", "11", "12", "13", "14"]
+    assert params.pop("seed") == seeds
     assert params == grid
     assert experiment in cfg.tags
     assert cfg.hydra.mode.name == "MULTIRUN"  # `python train.py experiment=...` runs the whole grid

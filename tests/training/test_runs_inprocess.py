@@ -157,3 +157,17 @@ def test_the_shipped_classification_task_is_learned(tmp_path):
     res = results(tmp_path)
     assert res["status"] == "completed"
     assert res["metrics"]["test/acc"] >= 0.75, res["metrics"]
+
+
+@pytest.mark.parametrize("data, epochs_run", [("gers_gts", 1), ("gers_pfg", 3)])
+def test_stop_when_solved_stops_only_a_solved_timing_run(tmp_path, data, epochs_run):
+    """gers_timing's callback (conf/callbacks/stop_when_solved.yaml) reads the logged val/solve_rate: with
+    a threshold every solve rate passes, a spike task stops after its first epoch; PFG, which has no solve
+    rate, trains every epoch of its budget instead of failing on the missing metric."""
+    cfg = compose_config("train", ["logger=none", "callbacks=[default,stop_when_solved]", *FAST, "trainer.max_epochs=3",
+                                   "callbacks.stop_when_solved.stopping_threshold=-1", f"data={data}",
+                                   "data.n_train=64", "data.n_val=32", "data.n_test=32"], output_dir=tmp_path)
+    train(cfg)
+    epochs = [row.split(",")[0] for row in (tmp_path / "history.csv").read_text().splitlines()[1:]]
+    assert epochs == [str(e) for e in range(epochs_run)]
+    assert results(tmp_path)["status"] == "completed"
