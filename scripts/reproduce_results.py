@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Re-run the ready experiments at their defaults and regenerate their reports under docs/results/.
 
-    python scripts/reproduce_results.py                       # all three, ~1 hour on a 2-core CPU
+    python scripts/reproduce_results.py                       # all five, about an hour on a 2-core CPU
     python scripts/reproduce_results.py gers_timing           # one of them
     python scripts/reproduce_results.py gers_timing -- trainer.max_epochs=1 data.n_train=40   # smoke run
 
