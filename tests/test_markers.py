@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.helpers.scripts import ROOT, SRC, run_script, script_env, start_script
 
@@ -43,6 +44,12 @@ def test_modules_that_start_processes_themselves_are_marked_slow():
             starters[path.relative_to(ROOT).as_posix()] = _marked_slow(tree)
     assert "tests/sweeps/test_slurm_cluster.py" in starters  # the check sees what it is meant to see
     assert [name for name, slow in starters.items() if not slow] == []
+
+
+def test_tests_run_on_one_intra_op_thread_unless_they_ask_for_all(request):
+    """The session's switch (tests/conftest.py) that keeps tiny-tensor tests from waiting on OpenMP peers."""
+    assert torch.get_num_threads() == 1
+    assert request.getfixturevalue("all_threads") == torch.get_num_threads() >= 1
 
 
 def test_child_environment(monkeypatch):

@@ -75,7 +75,10 @@ def _gradient_penalty_grads(module, x):
     return torch.autograd.grad((dx ** 2).sum(), list(module.parameters()), allow_unused=True, materialize_grads=True)
 
 
-@pytest.mark.parametrize("backend", ["auto", "fused", "eager", "script"])
+# The fast lane: the fused path (what "auto" picks on CPU); the per-step loop's double backward is
+# checked by test_gradgradcheck_loop_backends.
+@pytest.mark.parametrize("backend", [pytest.param("auto", marks=SLOW), "fused", pytest.param("eager", marks=SLOW),
+                                     pytest.param("script", marks=SLOW)])
 def test_gradient_penalty_equals_nn_lstm(backend):
     torch.manual_seed(0)
     ref = torch.nn.LSTM(3, 5, num_layers=2, bidirectional=True).double()

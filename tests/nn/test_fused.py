@@ -21,6 +21,9 @@ from tests.nn.helpers import gradients, make_lstm
 # GEMM (other dtypes up to 8M), oneDNN's matmul (bigger, float32) or MKL's at::mm (the rest).
 # "cpp-<gemm>" forces one of them for every size; "cpp" is its default choice.
 KERNELS = ["torch"] + (["cpp", "cpp-tiled", "cpp-mkl"] if fused.extension_available() else [])
+DEFAULT_KERNEL = "cpp" if fused.extension_available() else "torch"  # what a CPU tensor runs
+# The fast lane's share of a per-kernel test (docs/testing.md): the CPU default and the PyTorch version.
+LANE_KERNELS = [k if k in ("torch", DEFAULT_KERNEL) else pytest.param(k, marks=pytest.mark.slow) for k in KERNELS]
 NEEDS_ONEDNN = pytest.mark.skipif(not fused.extension_available() or not torch.backends.mkldnn.is_available(),
                                   reason="needs the C++ kernel and a torch built with oneDNN")
 BIG = 1 << 62
@@ -47,6 +50,21 @@ OPTIONS = [
     dict(cell_clip=0.25, peephole="full", coupled=True, zoneout=0.3),  # zoneout: eval mode mixes
     dict(num_layers=2, bidirectional=True, proj_size=2, peephole="full"),
 ]
+
+
+def _options_id(kwargs: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in kwargs.items())
+
+
+def kernel_option_cases():
+    """(kwargs, kernel) for every option on every kernel. The fast lane (docs/testing.md) keeps every option
+    on the CPU default ("cpp", whose code has a branch per option), and the two richest options (zoneout,
+    clip and CIFG; two bidirectional layers with a projection) on the other kernels: "torch" is the same
+    algorithm in PyTorch ops, and cpp-tiled / cpp-mkl differ from "cpp" only in which GEMM runs. The full
+    suite runs them all."""
+    return [pytest.param(kwargs, name, id=f"{_options_id(kwargs)}-{name}",
+                         marks=() if name == DEFAULT_KERNEL or kwargs in OPTIONS[-2:] else pytest.mark.slow)
+            for kwargs in OPTIONS for name in KERNELS]
 
 
 @contextlib.contextmanager
@@ -90,8 +108,7 @@ def _pair(kwargs, seed=0):
     return make_lstm(4, 5, seed=seed, backend="fused", **kwargs), make_lstm(4, 5, seed=seed, backend="eager", **kwargs)
 
 
-@pytest.mark.parametrize("name", KERNELS)
-@pytest.mark.parametrize("kwargs", OPTIONS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+@pytest.mark.parametrize("kwargs, name", kernel_option_cases())
 def test_fused_matches_eager_in_float64(kwargs, name):
     fast, slow = _pair(kwargs)
     x = torch.randn(6, 3, 4, dtype=torch.float64)
@@ -112,8 +129,7 @@ def _forward_only(lstm, x, lengths=None, hx=None):
     return [pad_packed_sequence(out)[0] if lengths is not None else out, h_n, c_n]
 
 
-@pytest.mark.parametrize("name", KERNELS)
-@pytest.mark.parametrize("kwargs", OPTIONS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+@pytest.mark.parametrize("kwargs, name", kernel_option_cases())
 def test_inference_forward_matches_eager(kwargs, name):
     # Without a gradient to compute the kernels keep no step's gates or states (another code path):
     # the same numbers as the eager loop under no_grad, inference_mode and with nothing requiring grad.
@@ -156,7 +172,7 @@ def test_inference_keeps_no_per_step_buffers():
     fused.empty_cache()
 
 
-@pytest.mark.parametrize("name", KERNELS)
+@pytest.mark.parametrize("name", LANE_KERNELS)
 def test_gradcheck(name):
     lstm = make_lstm(2, 3, seed=3, backend="fused", peephole="full", proj_size=2, cell_clip=0.8, zoneout=0.2)
     x = torch.randn(4, 2, 2, dtype=torch.float64, requires_grad=True)
@@ -190,7 +206,7 @@ def test_float32_gemms_match_eager(kwargs, gemm):
 
 
 @NEEDS_ONEDNN
-def test_each_gemm_implementation_really_runs():
+def test_each_gemm_implementation_really_runs(all_threads):
     # MKL sums the 64-term dot products in another order than the tiled GEMM, brgemm and oneDNN:
     # bitwise-different results show which one ran. At this size (8 x 64 @ 64 x 256) the default is
     # brgemm in float32, the tiled GEMM in float64 in AVX-512 builds, MKL in others; forcing one switches
@@ -215,7 +231,7 @@ def test_each_gemm_implementation_really_runs():
 @pytest.mark.slow  # larger modules, many calls
 @pytest.mark.skipif(not fused.extension_available(), reason="needs the C++ kernel")
 @pytest.mark.parametrize("kwargs", [dict(peephole="diagonal"), dict(peephole="full", proj_size=48, cell_clip=0.5)])
-def test_reused_buffers_give_the_same_results_every_call(kwargs):
+def test_reused_buffers_give_the_same_results_every_call(kwargs, all_threads):
     # Buffers of 1 MB and more (here the (T, B, 4H) gates and dZ) come back from the kernel's cache
     # holding the previous call's data: nothing may rely on fresh memory.
     fused.empty_cache()
@@ -244,7 +260,7 @@ def test_reused_buffers_give_the_same_results_every_call(kwargs):
     assert fused._fused_cpu.cached_bytes() == 0
 
 
-@pytest.mark.parametrize("name", KERNELS)
+@pytest.mark.parametrize("name", [k if k == DEFAULT_KERNEL else pytest.param(k, marks=pytest.mark.slow) for k in KERNELS])
 def test_float32_and_bfloat16_follow_float64(name):
     ref = make_lstm(6, 8, seed=1, backend="fused", peephole="full", proj_size=4)
     # Seeded like the weights: bfloat16's 0.1 tolerance must not depend on which tests drew numbers before.

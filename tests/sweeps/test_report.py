@@ -174,6 +174,7 @@ def test_markdown_table_has_stats_per_arm(sweep, tmp_path):
     assert "box_test_nrmse__all.png" in md
 
 
+@pytest.mark.slow  # each report renders its plots (most of a second); the fast lane keeps the markdown table
 def test_csv_columns_and_values(sweep, tmp_path):
     report = write_report(discover_jobs(sweep), tmp_path / "out", metrics=["test/nrmse", "test/loss"])
     with open(report.csv) as f:
@@ -205,6 +206,7 @@ def test_box_plot_png_is_written_and_not_blank(sweep, tmp_path):
     assert_png_not_blank(group.box_plots["test/nrmse"])
 
 
+@pytest.mark.slow  # renders plots; test_markdown_table_has_stats_per_arm checks p-values in the fast lane
 def test_greff_reference_gets_welch_p_values(tmp_path):
     sweep = tmp_path / "sweep"
     num = 0
@@ -348,6 +350,7 @@ def test_holm_by_hand():
     assert adjusted[0] == pytest.approx(0.02) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.04)
 
 
+@pytest.mark.slow  # each report renders its plots (most of a second): test_holm_by_hand is the fast lane's check
 def test_report_holm_over_three_comparisons_by_hand(tmp_path):
     ref = [1.0, 1.1, 0.9, 1.05]
     arms = {"none": ref, "A": [x + 0.3 for x in ref], "B": [x + 0.15 + 0.01 * i for i, x in enumerate(ref)],
@@ -367,6 +370,7 @@ def test_report_holm_over_three_comparisons_by_hand(tmp_path):
     assert "k = 3 comparisons with `model.peephole=none`" in report.markdown.read_text()
 
 
+@pytest.mark.slow  # renders plots
 def test_zero_variance_gives_no_made_up_p_value(tmp_path):
     solve = {"none": [1.0, 1.0, 1.0], "diagonal": [1.0, 1.0, 1.0], "full": [0.5, 0.7, 0.9]}
     jobs = [([f"model.peephole={a}", f"seed={s}"], {"test/solve_rate": v}, None)
@@ -388,12 +392,15 @@ def test_zero_variance_gives_no_made_up_p_value(tmp_path):
 # --- the reference arm ------------------------------------------------------------------------
 
 
+# Each report renders its plots (most of a second): the fast lane keeps the two refusals (no p-values, so
+# fewer plots), the full suite the precedence rules.
 @pytest.mark.parametrize("arms, want, note", [
-    (["model.variant=NIG", "model.variant=vanilla", "model.variant=NFG"], "model.variant=vanilla", None),
+    pytest.param(["model.variant=NIG", "model.variant=vanilla", "model.variant=NFG"], "model.variant=vanilla", None,
+                 marks=pytest.mark.slow),
     # vanilla first, even when a peephole-free arm exists too
-    (["model.variant=vanilla model.peephole=diagonal", "model.variant=NP model.peephole=none"],
-     "model.peephole=diagonal, model.variant=vanilla", None),
-    (["model.peephole=full", "model.peephole=none"], "model.peephole=none", None),
+    pytest.param(["model.variant=vanilla model.peephole=diagonal", "model.variant=NP model.peephole=none"],
+                 "model.peephole=diagonal, model.variant=vanilla", None, marks=pytest.mark.slow),
+    pytest.param(["model.peephole=full", "model.peephole=none"], "model.peephole=none", None, marks=pytest.mark.slow),
     (["model.hidden_size=8", "model.hidden_size=16"], None, "no arm is labelled vanilla or peephole=none"),
     (["model.peephole=none model.hidden_size=8", "model.peephole=none model.hidden_size=16", "model.peephole=full"],
      None, "2 arms contain 'peephole=none'; choose one with --reference"),
@@ -413,6 +420,7 @@ def test_default_reference_rules(tmp_path, arms, want, note):
         assert report.table.set_index("arm")["test/nrmse_p"].notna().sum() == len(arms) - 1
 
 
+@pytest.mark.slow  # four reports, each rendering its plots
 def test_reference_option_per_group(tmp_path):
     sweep = tmp_path / "sweep"
     jobs = [([f"data={d}", f"model.hidden_size={h}", f"seed={s}"], {"test/nrmse": h + 0.1 * s * s}, None)
@@ -598,6 +606,7 @@ def wandb_run(name, peephole, seed, state="finished", value=None, with_overrides
     return {"name": name, "state": state, "config": config, "summary": summary}
 
 
+@pytest.mark.slow  # two reports, each rendering its plots; the W&B client's errors below stay in the fast lane
 @pytest.mark.parametrize("with_overrides", [False, True])
 def test_wandb_runs_aggregate_like_local_jobs(tmp_path, with_overrides):
     runs, values = [], {p: [] for p in PEEPHOLES}

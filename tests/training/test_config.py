@@ -25,7 +25,19 @@ def test_every_group_has_options():
     assert {"wandb", "csv", "tensorboard", "none"} <= set(options("logger"))
 
 
-@pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in options(g)])
+# Hydra reads the config tree again for each composition (a third of a second): the fast lane
+# (docs/testing.md) composes every model and experiment, and in the other groups the option that sets
+# the most (callbacks=default includes most single-callback files; trainer=ddp_cpu the
+# strategy); every other file is composed in the full suite.
+LANE_OPTIONS = {"model": None, "experiment": None, "trainer": {"ddp_cpu"}, "callbacks": {"default"}}
+
+
+def _lane(group: str, option: str):
+    fast = group in LANE_OPTIONS and (LANE_OPTIONS[group] is None or option in LANE_OPTIONS[group])
+    return pytest.param(group, option, marks=() if fast else pytest.mark.slow)
+
+
+@pytest.mark.parametrize("group, option", [_lane(g, o) for g in GROUPS for o in options(g)])
 def test_every_option_composes_and_resolves(group, option, tmp_path):
     cfg = compose_config("train", [f"{group}={option}"], output_dir=tmp_path)
     assert cfg.model.arch.name in ("peephole", "lstm", "gru")
@@ -35,7 +47,10 @@ def test_every_option_composes_and_resolves(group, option, tmp_path):
             check_targets(cfg[key], key)
 
 
-@pytest.mark.parametrize("option", [o for o in options("data") if o != "csv"])
+# The fast lane composes each datamodule class once and one of the five gers_* task files (each of them
+# extends data=timing); the full suite composes every file.
+@pytest.mark.parametrize("option", [pytest.param(o, marks=pytest.mark.slow if o.startswith("gers_") and o != "gers_msd" else ())
+                                    for o in options("data") if o != "csv"])
 def test_every_data_option_composes_and_checks_against_its_constructor(option):
     cfg = compose_config("train", [f"data={option}"])
     assert cfg.data._target_.startswith("peephole_lstm.data.")
@@ -66,16 +81,17 @@ def test_debug_configs_override_the_trainer():
     assert compose_config("train", ["trainer=ddp_cpu"]).trainer.strategy == "ddp"
 
 
+# The fast lane: one typo of each kind (a choice, the arch, a type, an unknown key); the full suite all.
 @pytest.mark.parametrize(
     "override, expected",
     [
         ("model.peephole=diagnol", ["model.peephole", "none", "diagonal", "full"]),
         ("model.arch=transformer", ["model.arch", "peephole", "lstm", "gru"]),
-        ("model.variant=CIFGG", ["model.variant", "vanilla", "CIFG", "FGR"]),
-        ("model.output_peephole=next", ["model.output_peephole", "current", "previous"]),
+        pytest.param("model.variant=CIFGG", ["model.variant", "vanilla", "CIFG", "FGR"], marks=pytest.mark.slow),
+        pytest.param("model.output_peephole=next", ["model.output_peephole", "current", "previous"], marks=pytest.mark.slow),
         ("model.hidden_size=big", ["model.hidden_size", "Integer"]),
-        ("model.bidirectional=maybe", ["model.bidirectional", "not a valid bool"]),
-        ("model.hiden_size=3", ["hiden_size"]),
+        pytest.param("model.bidirectional=maybe", ["model.bidirectional", "not a valid bool"], marks=pytest.mark.slow),
+        pytest.param("model.hiden_size=3", ["hiden_size"], marks=pytest.mark.slow),
         ("seeed=1", ["seeed"]),
     ],
 )
@@ -91,9 +107,10 @@ def test_typos_fail_at_composition_naming_key_and_allowed_values(override, expec
     "override, key, suggestion",
     [
         ("+trainer.max_epoch=3", "trainer.max_epoch", "max_epochs"),
-        ("+data.windw=3", "data.windw", "window"),
-        ("+callbacks.model_checkpoint.monitr=x", "callbacks.model_checkpoint.monitr", "monitor"),
-        ("+model.optimizer.weight_decy=0.1", "model.optimizer.weight_decy", "weight_decay"),
+        pytest.param("+data.windw=3", "data.windw", "window", marks=pytest.mark.slow),
+        pytest.param("+callbacks.model_checkpoint.monitr=x", "callbacks.model_checkpoint.monitr", "monitor",
+                     marks=pytest.mark.slow),
+        ("+model.optimizer.weight_decy=0.1", "model.optimizer.weight_decy", "weight_decay"),  # a partial's arguments
     ],
 )
 def test_unknown_constructor_arguments_are_named_with_suggestions(override, key, suggestion):
@@ -105,8 +122,9 @@ def test_unknown_constructor_arguments_are_named_with_suggestions(override, key,
         check_targets(node, prefix)
 
 
-@pytest.mark.parametrize("override, key", [("+model.hiden_size=3", "model.hiden_size"), ("+seeed=1", "seeed"),
-                                           ("+extras.print_cfg=true", "extras.print_cfg")])
+@pytest.mark.parametrize("override, key", [("+model.hiden_size=3", "model.hiden_size"),
+                                           pytest.param("+seeed=1", "seeed", marks=pytest.mark.slow),
+                                           pytest.param("+extras.print_cfg=true", "extras.print_cfg", marks=pytest.mark.slow)])
 def test_keys_added_with_plus_are_rejected_by_the_schema_check(override, key):
     cfg = compose_config("train", [override])  # `+` opens the struct flag, so composition accepts it
     with pytest.raises(ConfigError, match=rf"{key} is not a known key"):

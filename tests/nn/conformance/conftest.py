@@ -50,17 +50,9 @@ IMPLS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="package")
-def _one_intra_op_thread():
-    """These shapes are tiny: handing each op to a second thread costs more than the op, and on a busy
-    machine an OpenMP worker waiting for a descheduled peer burns CPU (nn.LSTM(20, 20, 2) in float64:
-    60 ms a call with 2 threads, under 1 ms with 1). Restored after the suite."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(params=IMPLS, ids=[i.name for i in IMPLS])
+# nn.LSTM itself runs every test too, as the control that the port of PyTorch's tests is right; that
+# checks the tests rather than this package, so it is left to the full suite (docs/testing.md).
+@pytest.fixture(params=[pytest.param(i, marks=pytest.mark.slow) if i.is_torch else i for i in IMPLS],
+                ids=[i.name for i in IMPLS])
 def impl(request) -> Impl:
     return request.param
