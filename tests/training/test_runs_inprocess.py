@@ -165,7 +165,7 @@ def test_the_shipped_classification_task_is_learned(tmp_path):
     assert res["metrics"]["test/acc"] >= 0.75, res["metrics"]
 
 
-@pytest.mark.parametrize("data, epochs_run", [("gers_gts", 1), ("gers_pfg", 3)])
+@pytest.mark.parametrize("data, epochs_run", [("gers_gts", 1), pytest.param("gers_pfg", 3, marks=pytest.mark.slow)])
 def test_stop_when_solved_stops_only_a_solved_timing_run(tmp_path, data, epochs_run):
     """gers_timing's callback (conf/callbacks/stop_when_solved.yaml) reads the logged val/solve_rate: with
     a threshold every solve rate passes, a spike task stops after its first epoch; PFG, which has no solve
