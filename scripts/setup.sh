@@ -71,7 +71,7 @@ fi
 # The editable install compiles the kernel (a minute or two); skip it when nothing it depends on changed.
 STAMP="$VENV/.peephole-lstm-installed"
 STATE=$( { cat setup.py pyproject.toml src/peephole_lstm/nn/csrc/*; echo "${PEEPHOLE_LSTM_NO_EXTENSION:-}${PEEPHOLE_LSTM_PORTABLE:-}"; } | python -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$STATE" ] && have peephole_lstm lightning pytest tensorboard websocket onnxruntime sklearn; then
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$STATE" ] && have peephole_lstm lightning pytest tensorboard websocket onnxruntime sklearn music21; then
     say "peephole-lstm already installed (sources unchanged)"
 else
     say "installing peephole-lstm with its C++ kernel and the [train,dev,export] extras"
