@@ -1,7 +1,5 @@
-// The hand-written BPTT backward (what it reads and why the weight gradients wait until after the
-// loop: docs/speed.md, "The C++ kernel"). Per step, in reverse: split the carried state's gradient,
-// the projection's backward, the output gate, o's full peephole, the other gates and the cell, then
-// the gradient to the previous step's state through the recurrent GEMM(s).
+// The hand-written BPTT backward: SequenceBackward::step runs one step's phases in reverse, and the
+// weight gradients wait until after the loop (docs/speed.md, "The C++ kernel", says what it reads and why).
 #include "buffer_cache.h"
 #include "kernels.h"
 #include "pointwise.h"

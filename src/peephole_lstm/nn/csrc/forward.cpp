@@ -1,6 +1,5 @@
-// The sequence forward, with and without a backward to come (what it keeps in each case and why:
-// docs/speed.md, "The C++ kernel"). Per step: the recurrent GEMM(s), one pointwise pass over all gates
-// and the cell, o's own pass when its full peephole reads c_t, the projection, then the carried state.
+// The sequence forward, with and without a backward to come: SequenceForward::step runs the phases of
+// one step that docs/speed.md ("The C++ kernel") describes, with what each case keeps.
 #include "buffer_cache.h"
 #include "kernels.h"
 #include "pointwise.h"

@@ -1,9 +1,7 @@
 // The sequence kernels, for contiguous CPU tensors of one floating dtype (float32, float64, bfloat16);
-// bindings.cpp checks and converts the Python side's arguments. What each tensor holds, what the forward
-// saves for the backward and why: docs/speed.md, "The C++ kernel".
-//
-// Sizes throughout: T steps, B batch rows, H hidden units (cell), P output units (proj_size, else H),
-// I input features, GH = G*H stacked gate columns.
+// bindings.cpp checks and converts the Python side's arguments. The sizes (T, B, H, P, GH; I: input
+// features), what each tensor holds and what the forward saves for the backward: docs/speed.md,
+// "The C++ kernel".
 #pragma once
 
 #include "cell_layout.h"

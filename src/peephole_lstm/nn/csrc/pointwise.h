@@ -35,8 +35,8 @@ inline float exp_approx(float x) {
   return y * scale;
 }
 
-// float (the opmath type of float32 and bfloat16) through exp_approx; double through libm, whose
-// precision float64's tests to 1e-10 need.
+// float (the opmath type of float32 and bfloat16) through exp_approx; double keeps libm, so that
+// float64 results keep float64 accuracy.
 inline float sigmoid(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
 inline float tanh_act(float x) { return 1.0f - 2.0f / (exp_approx(2.0f * x) + 1.0f); }
 inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
