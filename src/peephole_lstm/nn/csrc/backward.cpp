@@ -229,14 +229,15 @@ class SequenceBackward {
     S* d_preacts = d_preacts_.data_ptr<S>() + t * B * GH;
     S* d_c_step = d_c_step_.data_ptr<S>();
     S* sink = sink_.data_ptr<S>();
-    const int64_t o = layout_.block_o * H;
+    const int64_t col_o = layout_.block_o * H;  // first column of o's block
     for_rows(B, H, [&](int64_t b) {
       auto row = layout_.tanh_output ? output_gate_gradient<S, A, true> : output_gate_gradient<S, A, false>;
       row(H, clip_, c_unclipped + b * H, d_cell_out + b * H, d_c_new + b * H,
-          layout_.block_o >= 0 ? gates + b * GH + o : ones, diag_o_current_,
-          layout_.block_o >= 0 ? d_preacts + b * GH + o : sink + b * 2 * H, d_c_step + b * H);
+          layout_.block_o >= 0 ? gates + b * GH + col_o : ones, diag_o_current_,
+          layout_.block_o >= 0 ? d_preacts + b * GH + col_o : sink + b * 2 * H, d_c_step + b * H);
     });
-    if (o_peephole_gemm_) d_c_step_ = o_peephole_gemm_->addmm(d_c_step_, d_preacts_[t].narrow(1, o, H), d_c_step_);
+    if (o_peephole_gemm_)
+      d_c_step_ = o_peephole_gemm_->addmm(d_c_step_, d_preacts_[t].narrow(1, col_o, H), d_c_step_);
   }
 
   // The other gates and dL/dc_{t-1}; padded rows pass the carried gradient through untouched.
@@ -251,7 +252,9 @@ class SequenceBackward {
     S* d_preacts = d_preacts_.data_ptr<S>() + t * B * GH;
     S* d_c_prev = d_c_prev_.data_ptr<S>();
     S* sink = sink_.data_ptr<S>();
-    const int64_t i = layout_.block_i * H, f = layout_.block_f * H, g = layout_.block_g * H, o = layout_.block_o * H;
+    // First column of each gate's block (only used when the gate exists).
+    const int64_t col_i = layout_.block_i * H, col_f = layout_.block_f * H, col_g = layout_.block_g * H,
+                  col_o = layout_.block_o * H;
     for_rows(B, GH, [&](int64_t b) {
       S* dz = d_preacts + b * GH;
       if (!live(b, t)) {
@@ -259,15 +262,15 @@ class SequenceBackward {
         std::copy(d_c_carry + b * H, d_c_carry + (b + 1) * H, d_c_prev + b * H);
         return;
       }
-      const S* a = gates + b * GH;
+      const S* row_gates = gates + b * GH;
       auto row = layout_.coupled
                      ? (layout_.tanh_input ? cell_gradient<S, A, true, true> : cell_gradient<S, A, true, false>)
                      : (layout_.tanh_input ? cell_gradient<S, A, false, true> : cell_gradient<S, A, false, false>);
-      row(H, clip_, layout_.block_f >= 0 ? a + f : ones, layout_.block_i >= 0 ? a + i : ones, a + g,
-          c_prev + b * H, c_unclipped + b * H, d_c_step + b * H, d_c_carry + b * H,
-          layout_.block_o >= 0 ? dz + o : zeros, diag_i_, diag_f_, diag_o_prev_,
-          layout_.block_i >= 0 ? dz + i : sink + b * 2 * H, layout_.block_f >= 0 ? dz + f : sink + b * 2 * H + H,
-          dz + g, d_c_prev + b * H);
+      row(H, clip_, layout_.block_f >= 0 ? row_gates + col_f : ones, layout_.block_i >= 0 ? row_gates + col_i : ones,
+          row_gates + col_g, c_prev + b * H, c_unclipped + b * H, d_c_step + b * H, d_c_carry + b * H,
+          layout_.block_o >= 0 ? dz + col_o : zeros, diag_i_, diag_f_, diag_o_prev_,
+          layout_.block_i >= 0 ? dz + col_i : sink + b * 2 * H,
+          layout_.block_f >= 0 ? dz + col_f : sink + b * 2 * H + H, dz + col_g, d_c_prev + b * H);
     });
   }
 

@@ -127,23 +127,25 @@ void gate_pass_row(const CellLayout& layout, const StepRows<S>& step, const Stan
   const S* full = step.prev_peepholes ? step.prev_peepholes + b * layout.n_prev_peepholes * H : nullptr;
   S* gates = step.gates + b * GH;
   auto full_peephole = [&](int64_t slot) { return slot >= 0 ? full + slot * H : nullptr; };
-  const int64_t i = layout.block_i * H, f = layout.block_f * H, g = layout.block_g * H, o = layout.block_o * H;
+  // First column of each gate's block (only used when the gate exists).
+  const int64_t col_i = layout.block_i * H, col_f = layout.block_f * H, col_g = layout.block_g * H,
+                col_o = layout.block_o * H;
   if (layout.block_i >= 0)
-    sigmoid_gate<S, A>(H, gates + i, x + i, z + i, full_peephole(layout.prev_slot_i),
+    sigmoid_gate<S, A>(H, gates + col_i, x + col_i, z + col_i, full_peephole(layout.prev_slot_i),
                        stand_in.diagonal(layout.peephole_i, H), c_prev);
   if (layout.block_f >= 0)
-    sigmoid_gate<S, A>(H, gates + f, x + f, z + f, full_peephole(layout.prev_slot_f),
+    sigmoid_gate<S, A>(H, gates + col_f, x + col_f, z + col_f, full_peephole(layout.prev_slot_f),
                        stand_in.diagonal(layout.peephole_f, H), c_prev);
-  cell_input<S, A>(H, layout.tanh_input, gates + g, x + g, z + g);
+  cell_input<S, A>(H, layout.tanh_input, gates + col_g, x + col_g, z + col_g);
   S* c_new = step.c_new + b * H;
-  cell_update<S, A>(H, layout.coupled, clip, layout.block_f >= 0 ? gates + f : stand_in.ones,
-                    layout.block_i >= 0 ? gates + i : stand_in.ones, gates + g, c_prev, step.c_pre_clip + b * H,
-                    c_new);
+  cell_update<S, A>(H, layout.coupled, clip, layout.block_f >= 0 ? gates + col_f : stand_in.ones,
+                    layout.block_i >= 0 ? gates + col_i : stand_in.ones, gates + col_g, c_prev,
+                    step.c_pre_clip + b * H, c_new);
   if (!with_output_gate) return;
   if (layout.block_o >= 0)
-    sigmoid_gate<S, A>(H, gates + o, x + o, z + o, full_peephole(layout.prev_slot_o),
+    sigmoid_gate<S, A>(H, gates + col_o, x + col_o, z + col_o, full_peephole(layout.prev_slot_o),
                        stand_in.diagonal(layout.peephole_o, H), layout.o_reads_current ? c_new : c_prev);
-  cell_output<S, A>(H, layout.tanh_output, layout.block_o >= 0 ? gates + o : stand_in.ones, c_new,
+  cell_output<S, A>(H, layout.tanh_output, layout.block_o >= 0 ? gates + col_o : stand_in.ones, c_new,
                     step.cell_out + b * H);
 }
 
@@ -291,10 +293,10 @@ class SequenceForward {
   void output_gate_on_current_cell(const StepRows<S>& rows) {
     const auto peephole = o_peephole_gemm_->mm(c_new_, o_peephole_out_);
     const S* peephole_rows = peephole.data_ptr<S>();
-    const int64_t o = layout_.block_o * H;
+    const int64_t col_o = layout_.block_o * H;
     for_rows(B, H, [&](int64_t b) {
-      S* gate = rows.gates + b * GH + o;
-      sigmoid_gate<S, A>(H, gate, rows.input_proj + b * rows.input_proj_stride + o, rows.recurrent + b * GH + o,
+      S* gate = rows.gates + b * GH + col_o;
+      sigmoid_gate<S, A>(H, gate, rows.input_proj + b * rows.input_proj_stride + col_o, rows.recurrent + b * GH + col_o,
                          peephole_rows + b * H, nullptr, nullptr);
       cell_output<S, A>(H, layout_.tanh_output, gate, rows.c_new + b * H, rows.cell_out + b * H);
     });
