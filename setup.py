@@ -7,6 +7,7 @@ left users on a ~10x slower path without telling them. PEEPHOLE_LSTM_NO_EXTENSIO
 it on purpose; the fused backend then runs its pure-PyTorch path
 (`peephole_lstm.nn.fused.extension_available()` tells which one you have).
 """
+import glob
 import os
 import platform
 import sys
@@ -47,9 +48,15 @@ def extensions():
     if platform.system() == "Linux":
         args.append("-fopenmp")
         link.append("-fopenmp")
+    # Every source file of the kernel (csrc/ is flat: scripts/setup.sh hashes csrc/* to skip rebuilds);
+    # the headers as `depends`, so that an sdist ships them and editing one rebuilds.
+    def csrc(pattern):
+        return sorted(glob.glob(f"src/peephole_lstm/nn/csrc/{pattern}", root_dir=os.path.dirname(os.path.abspath(__file__))))
+
     ext = CppExtension(
         "peephole_lstm.nn._fused_cpu",
-        ["src/peephole_lstm/nn/csrc/fused_lstm.cpp"],
+        csrc("*.cpp"),
+        depends=csrc("*.h"),
         extra_compile_args=args,
         extra_link_args=link,
     )

@@ -12,7 +12,7 @@ with a hand-written BPTT backward as its autograd formula:
   gate derivatives, keeps dZ for all steps, and computes dW_hh = dZ^T H_prev, dW_hr and the
   peephole gradients as single GEMMs/reductions over all steps after the loop.
 
-Three implementations of this algorithm exist: the C++ kernel (csrc/fused_lstm.cpp, built at install,
+Three implementations of this algorithm exist: the C++ kernel (csrc/, docs/speed.md; built at install,
 CPU tensors), Triton kernels for the per-step gate math (nn/triton_kernels.py, CUDA tensors when the
 `triton` package is importable, or any tensor with backend="triton") and `_forward_torch`/
 `_backward_torch` below (plain PyTorch ops, for CUDA without Triton and when the extension is not

@@ -1,0 +1,43 @@
+// The per-step GEMMs of the recurrence: the same weight for every step of a sequence, B rows per call.
+// Which library runs them is chosen once per sequence, by dtype and size (why each: step_gemm.cpp).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+namespace fused_lstm {
+
+// a @ W^T for a weight W (N, K) fixed over a sequence, on one of: oneDNN's brgemm micro-kernel
+// (float32, small and medium), the register-tiled GEMM (other dtypes, small and medium, AVX-512 builds),
+// oneDNN's matmul on W reordered once (float32, large), MKL's at::mm (everything else).
+class StepGemm {
+ public:
+  // `rows` of `a` in each of `steps` calls.
+  StepGemm(const at::Tensor& weight, int64_t rows, int64_t steps);
+
+  // Each returns its result: written into `out`, or a fresh tensor from oneDNN's matmul.
+  // a @ W^T.
+  at::Tensor mm(const at::Tensor& a, at::Tensor& out) const;
+  // other + a @ W^T (`other` may be `out`).
+  at::Tensor addmm(const at::Tensor& other, const at::Tensor& a, at::Tensor& out) const;
+  // bias (N,) + a @ W^T.
+  at::Tensor mm_bias(const at::Tensor& bias, const at::Tensor& a, at::Tensor& out) const;
+
+ private:
+  bool onednn() const { return onednn_packed_.defined(); }
+  at::Tensor tiled(const at::Tensor& a, const at::Tensor* other, at::Tensor& out) const;
+
+  at::Tensor weight_t_;         // W^T (K, N), a view, for MKL
+  at::Tensor brgemm_weight_t_;  // W^T contiguous, when brgemm runs the GEMM
+  at::Tensor tiled_weight_t_;   // W^T contiguous, when the tiled GEMM runs it
+  at::Tensor onednn_packed_;    // W in oneDNN's blocked layout, when its matmul runs it
+};
+
+// The size thresholds of that choice, in multiply-adds per call (rows * N * K); each setter returns the
+// previous value. For tests, which force every path against the eager loop.
+int64_t set_tiled_max_macs(int64_t macs);
+int64_t set_brgemm_max_macs(int64_t macs);
+int64_t set_onednn_min_macs(int64_t macs);
+
+}  // namespace fused_lstm
