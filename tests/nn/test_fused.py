@@ -157,6 +157,30 @@ def test_inference_forward_matches_eager(kwargs, name):
 
 
 @pytest.mark.skipif(not fused.extension_available(), reason="needs the C++ kernel")
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("kwargs", [OPTIONS[1], OPTIONS[2], OPTIONS[-2], OPTIONS[-1]], ids=_options_id)
+def test_inference_in_row_blocks_matches_eager(kwargs, dtype, tol, all_threads):
+    """With two or more threads, an inference forward of at least 64 rows with small steps runs each
+    block of rows through the whole sequence on its own thread (csrc/forward.cpp, lstm_forward): 70 rows
+    split unevenly (35 + 35 on two threads, 24 + 23 + 23 on three), with lengths and an initial state
+    per row, must give the eager loop's numbers row for row (float32 runs the brgemm GEMM)."""
+    if all_threads < 2:
+        pytest.skip("the rows are split only across two or more threads")
+    fast = make_lstm(4, 5, seed=0, backend="fused", **kwargs).to(dtype)
+    slow = make_lstm(4, 5, seed=0, backend="eager", **kwargs).to(dtype)
+    x = torch.randn(6, 70, 4, dtype=dtype)
+    n = fast.num_layers * fast.num_directions
+    hx = (torch.randn(n, 70, fast.options[0].output_size, dtype=dtype), torch.randn(n, 70, 5, dtype=dtype))
+    lengths = torch.randint(1, 7, (70,))
+    with torch.inference_mode():
+        want, want_packed = _forward_only(slow, x, hx=hx), _forward_only(slow, x, lengths)
+        got, got_packed = _forward_only(fast, x, hx=hx), _forward_only(fast, x, lengths)
+    assert fast.last_path == "fused-cpp"
+    _assert_close(got, want, tol)
+    _assert_close(got_packed, want_packed, tol)
+
+
+@pytest.mark.skipif(not fused.extension_available(), reason="needs the C++ kernel")
 def test_inference_keeps_no_per_step_buffers():
     # A training forward takes its gates and states of all steps (> 1 MB here) from the kernel's buffer
     # cache; an inference forward must not allocate them at all.
