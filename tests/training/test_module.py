@@ -13,7 +13,13 @@ from tests.helpers.configs import compose_config
 from peephole_lstm import PeepholeLSTM
 from peephole_lstm.data.base import PAD_TARGET
 from peephole_lstm.training.metrics import BitsPerCharacter, FrameNLL, NormalizedRMSE, masked_bce_with_logits
-from peephole_lstm.training.module import ModelConfigError, SequenceModel, network_arguments, recurrent_network
+from peephole_lstm.training.module import (
+    ModelConfigError,
+    SequenceModel,
+    network_arguments,
+    recurrent_network,
+    trust_cpu_vector_flags,
+)
 from peephole_lstm.training.runinfo import resolved
 
 
@@ -126,6 +132,22 @@ def test_compile_compiles_the_whole_model_in_place():
             torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
     assert counters["stats"]["unique_graphs"] == 1
     torch._dynamo.reset()
+
+
+def test_compile_trusts_the_cpu_flags_unless_the_user_says_otherwise(monkeypatch):
+    """model.compile=true skips inductor's per-ISA compile-and-load probe (most of a cold compile on CPU),
+    but an explicit TORCHINDUCTOR_VEC_ISA_OK is the user's choice and stays."""
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "vec_isa_ok", None)
+    monkeypatch.setenv("TORCHINDUCTOR_VEC_ISA_OK", "0")
+    trust_cpu_vector_flags()
+    assert inductor_config.cpp.vec_isa_ok is None
+    monkeypatch.delenv("TORCHINDUCTOR_VEC_ISA_OK")
+    SequenceModel(spec("seq2seq"), model_cfg())
+    assert inductor_config.cpp.vec_isa_ok is None  # only compiling models change it
+    SequenceModel(spec("seq2seq"), model_cfg(compile=True))
+    assert inductor_config.cpp.vec_isa_ok is True
 
 
 def test_lm_rejects_bidirectional():

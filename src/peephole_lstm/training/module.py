@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import warnings
 from typing import Any
 
@@ -126,6 +127,18 @@ def _state_batch_size(state) -> int:
     return (state[0] if isinstance(state, tuple) else state).shape[1]
 
 
+def trust_cpu_vector_flags() -> None:
+    """Skip inductor's compile-and-load probe of each vector ISA the CPU reports (AVX2, AVX-512, ...), unless
+    TORCHINDUCTOR_VEC_ISA_OK is set. The probe builds a test library per ISA with the C++ compiler on the
+    first CPU compilation on a machine: 9.7 s of a 14 s cold compile at the medium shape (docs/export.md);
+    the list it checks is already filtered by the CPU's own flags, and this package's C++ kernel builds
+    with -march=native on the same compiler. TORCHINDUCTOR_VEC_ISA_OK=0 brings the probe back."""
+    if os.environ.get("TORCHINDUCTOR_VEC_ISA_OK") is None:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.cpp.vec_isa_ok = True
+
+
 class SequenceModel(pl.LightningModule):
     """Recurrent network + task head; losses and metrics per docs/configuration.md ("Tasks and heads", "Metrics").
 
@@ -170,6 +183,7 @@ class SequenceModel(pl.LightningModule):
             for stage in ("val", "test")
         }) if timing else None
         if model["compile"]:
+            trust_cpu_vector_flags()
             # The whole network (embedding, recurrent layers as one operator each, head) through
             # torch.compile, in place so that parameter names and checkpoints stay those of the
             # uncompiled model; dynamic shapes, so a new sequence length or batch size reuses the graph.
