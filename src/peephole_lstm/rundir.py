@@ -21,6 +21,8 @@ import subprocess
 from pathlib import Path
 from typing import Any, Optional
 
+from peephole_lstm.atomic import atomic_write
+
 HYDRA_DIR = ".hydra"  # Hydra's own record of a job: what marks a directory as a job of a multirun
 OVERRIDES_FILE = "overrides.yaml"  # in HYDRA_DIR: the job's command-line overrides
 CONFIG_FILE = "config.yaml"  # the fully resolved config, written when the job starts
@@ -130,7 +132,5 @@ def write_results(
         "wandb": wandb,
     }
     path = results_path(run_dir)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write(path, lambda f: f.write((json.dumps(results, indent=2) + "\n").encode()))
     return path

@@ -18,12 +18,10 @@ atomically; rebuilt when missing or unreadable) keyed by the files and this modu
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import math
 import os
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -34,6 +32,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
+from peephole_lstm.atomic import atomic_write
 from peephole_lstm.data.base import PAD_TARGET, DataError, SplitDataModule, TaskSpec, check_choice, check_int
 
 LOWEST_PITCH, HIGHEST_PITCH = 21, 108  # A0..C8, the piano's keys as MIDI numbers
@@ -171,19 +170,11 @@ def _read_cache(path: Path, names: list[str]) -> dict[str, np.ndarray] | None:
 
 
 def _write_cache(path: Path, spans: dict[str, np.ndarray]) -> None:
-    """Write to a temp file in the same folder and rename it over the target: a reader (another job of a
-    multirun) sees no file or a complete one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, names=np.array(list(spans)), counts=np.array([len(s) for s in spans.values()]),
-                                spans=np.concatenate(list(spans.values())))
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Atomically (peephole_lstm.atomic): a reader (another job of a multirun) sees no file or a complete
+    one, never half of one."""
+    atomic_write(path, lambda f: np.savez_compressed(
+        f, names=np.array(list(spans)), counts=np.array([len(s) for s in spans.values()]),
+        spans=np.concatenate(list(spans.values()))))
 
 
 def load_note_spans(files: list[Path], cache_dir: str | Path | None = None) -> dict[str, np.ndarray]:

@@ -15,12 +15,9 @@ continues its W&B run and keeps the metrics CSV rows of the epochs the checkpoin
 """
 from __future__ import annotations
 
-import contextlib
 import csv
-import os
 import random
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -33,6 +30,7 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from peephole_lstm import rundir
+from peephole_lstm.atomic import atomic_write
 from peephole_lstm.training.errors import ConfigError
 
 LAST = "last"  # ckpt_path=last: <run dir>/checkpoints/last.ckpt
@@ -64,34 +62,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_file(path, map_location=map_location)
 
 
-def _temp_prefix(path: Path) -> str:
-    return f".{path.name}."
-
-
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temp file in the target's directory, fsync, rename over the target."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f"{_temp_prefix(path)}*.tmp"):  # left by a save that was killed
-        with contextlib.suppress(OSError):
-            stale.unlink()
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    # The rename itself is only durable once the directory entry is on disk.
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    """torch.save through atomic_write: a temp file beside the target, fsynced, renamed over it."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def rng_states() -> dict:
