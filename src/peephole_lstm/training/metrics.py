@@ -45,8 +45,9 @@ class NormalizedRMSE(Metric):
         return (torch.sqrt(self.sum_squared_error / self.count) / torch.sqrt(variance)).float()
 
 
-class BitsPerCharacter(Metric):
-    """Mean cross-entropy of the next-character prediction in bits: CE / ln 2 (CE in nats)."""
+class _MeanNats(Metric):
+    """A sum of negative log-likelihoods in nats over a count of items (characters, frames), both in float64
+    and summed across DDP ranks, so that the mean over a whole split is exact."""
 
     is_differentiable = False
     higher_is_better = False
@@ -57,6 +58,13 @@ class BitsPerCharacter(Metric):
         self.add_state("sum_nats", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
+    def mean_nats(self) -> Tensor:
+        return self.sum_nats / self.count
+
+
+class BitsPerCharacter(_MeanNats):
+    """Mean cross-entropy of the next-character prediction in bits: CE / ln 2 (CE in nats)."""
+
     def update(self, logits: Tensor, target: Tensor) -> None:
         """logits (..., vocab), target (...) of class indices."""
         nats = torch.nn.functional.cross_entropy(
@@ -66,7 +74,7 @@ class BitsPerCharacter(Metric):
         self.count += target.numel()
 
     def compute(self) -> Tensor:
-        return (self.sum_nats / self.count / math.log(2.0)).float()
+        return (self.mean_nats() / math.log(2.0)).float()
 
 
 # ----------------------------------------------------------------------------- multi-label sequences
@@ -83,7 +91,7 @@ def masked_bce_with_logits(logits: Tensor, target: Tensor) -> Tensor:
     return torch.nn.functional.binary_cross_entropy_with_logits(logits[mask], target[mask])
 
 
-class FrameNLL(Metric):
+class FrameNLL(_MeanNats):
     """Frame-level negative log-likelihood in nats, as Boulanger-Lewandowski et al. (2012) and Greff et al.
     (2017) report it for polyphonic music:
 
@@ -95,15 +103,6 @@ class FrameNLL(Metric):
     in float64 and reduced across DDP ranks, so the value is exact over the whole split.
     """
 
-    is_differentiable = False
-    higher_is_better = False
-    full_state_update = False
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.add_state("sum_nats", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("frames", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-
     def update(self, logits: Tensor, target: Tensor) -> None:
         """logits and target (B, T, K); target in {0, 1}, or PAD_TARGET on every output of a padded frame."""
         if logits.shape != target.shape:
@@ -111,10 +110,10 @@ class FrameNLL(Metric):
         mask = valid_frames(target)
         self.sum_nats += torch.nn.functional.binary_cross_entropy_with_logits(
             logits.detach()[mask].double(), target[mask].double(), reduction="sum")
-        self.frames += mask.sum()
+        self.count += mask.sum()  # real frames
 
     def compute(self) -> Tensor:
-        return (self.sum_nats / self.frames).float()
+        return self.mean_nats().float()
 
 
 # ----------------------------------------------------------------------------- exact timing
