@@ -20,7 +20,10 @@ every mode. GFLOP/s counts the GEMM work only (3x the forward GEMMs for a traini
 `--threads 1 --clock cpu` times with this process's CPU time, which leaves out the time other processes
 hold the core (not their effect on the caches).
 "torch.compile/..." is torch.compile(PeepholeLSTM(...), dynamic=True) (the fused layers as operators),
-compiled cold (inductor's caches off), so its warm-up is the whole compilation; "+head" adds a per-step
+compiled cold (inductor's caches off), so its warm-up is the whole compilation of the model; inductor's
+probe of the CPU's vector ISAs, which the first CPU compilation in a process runs whatever the model (it
+builds a test library per ISA once per machine and cache directory), is timed before them and reported
+as "inductor_isa_probe_s" in the machine line, not in a row; "+head" adds a per-step
 MLP head (Linear, tanh, Linear to 1) to the module, the surrounding work inductor can fuse.
 Allocator state matters: with glibc's default malloc, big buffers freed by one call come back as fresh
 pages that fault on first touch in the next (nn.LSTM's workspace does; the fused kernel keeps its
@@ -340,6 +343,18 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def inductor_isa_probe_seconds() -> float:
+    """Run inductor's per-process choice of the CPU vector ISA now (cached for the process after), so
+    that the torch.compile rows time the model's compilation and not this probe, which any first CPU
+    compilation pays: the first on a machine (or in a new cache directory) builds and loads a test library
+    per ISA with the C++ compiler, ~10 s on the 2-core VM; later processes only load the built ones."""
+    from torch._inductor import cpu_vec_isa
+
+    start = time.perf_counter()
+    cpu_vec_isa.pick_vec_isa()
+    return time.perf_counter() - start
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default=",".join(SHAPES), help="names or BxTxINPUTxHIDDEN, comma-separated")
@@ -383,6 +398,8 @@ def main(argv=None) -> int:
 
     info = machine(args.device)
     info["clock"] = args.clock
+    if args.device == "cpu" and any(i.startswith("torch.compile") for i in impls):
+        info["inductor_isa_probe_s"] = round(inductor_isa_probe_seconds(), 2)
     rows: list[Row] = []
     for dtype in dtypes:
         for name, dims in shapes.items():

@@ -38,6 +38,19 @@ def test_benchmark_json_at_a_tiny_shape():
     assert report["machine"]["date"]
 
 
+def test_benchmark_times_the_isa_probe_apart_from_the_compiled_rows():
+    done = run_script("scripts/benchmark.py", "--shapes", "2x4x3x5", "--impls", "nn.LSTM,torch.compile/diagonal",
+                      "--modes", "train", "--repeats", "1", "--min-seconds", "0", "--json", "-")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["machine"]["inductor_isa_probe_s"] >= 0
+    compiled = report["results"][1]
+    assert compiled["impl"] == "torch.compile/diagonal" and compiled["warmup_s"] > 0 and compiled["ms_per_step"] > 0
+    plain = run_script("scripts/benchmark.py", "--shapes", "2x4x3x5", "--impls", "nn.LSTM", "--modes", "train",
+                       "--repeats", "1", "--min-seconds", "0", "--json", "-")
+    assert "inductor_isa_probe_s" not in json.loads(plain.stdout)["machine"]  # no compiled rows, no probe
+
+
 @pytest.mark.parametrize("args, message", [(["--shapes", "huge"], "unknown shape 'huge'"),
                                            (["--modes", "fly"], "--modes: choose from train, infer"),
                                            (["--dtypes", "int8"], "--dtypes: choose from")])
