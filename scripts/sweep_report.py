@@ -32,7 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "group it matches in); default: the arm labelled vanilla, else the one with peephole=none")
     p.add_argument("--group-by", metavar="KEY", action="append",
                    help="override key whose value (and whose dotted sub-keys' values) defines a dataset group "
-                        "(repeatable); default: data")
+                        "(repeatable); default: data and recipe")
     p.add_argument("--curve-metric", metavar="METRIC", action="append",
                    help="history.csv metric to draw learning curves of (repeatable); "
                         "default: val/solve_rate if present, else val/loss")

@@ -15,7 +15,7 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-GROUPS = ["model", "trainer", "logger", "callbacks", "debug", "experiment", "paths", "extras"]
+GROUPS = ["model", "trainer", "logger", "callbacks", "debug", "recipe", "experiment", "paths", "extras"]
 
 
 def test_every_group_has_options():
@@ -29,7 +29,7 @@ def test_every_group_has_options():
 # (docs/testing.md) composes every model and experiment, and in the other groups the option that sets
 # the most (callbacks=default includes most single-callback files; trainer=ddp_cpu the
 # strategy); every other file is composed in the full suite.
-LANE_OPTIONS = {"model": None, "experiment": None, "trainer": {"ddp_cpu"}, "callbacks": {"default"}}
+LANE_OPTIONS = {"model": None, "experiment": None, "recipe": None, "trainer": {"ddp_cpu"}, "callbacks": {"default"}}
 
 
 def _lane(group: str, option: str):
@@ -55,6 +55,18 @@ def test_every_data_option_composes_and_checks_against_its_constructor(option):
     cfg = compose_config("train", [f"data={option}"])
     assert cfg.data._target_.startswith("peephole_lstm.data.")
     check_targets(cfg.data, "data")
+
+
+@pytest.mark.parametrize("recipe, lr, epochs", [("gers_gts", 5e-4, 192), ("gers_msd_fine", 3e-3, 96)])
+def test_a_recipe_is_its_dataset_with_its_budget_and_the_command_line_still_wins(recipe, lr, epochs):
+    cfg = compose_config("train", [f"recipe={recipe}"])
+    assert cfg.data == compose_config("train", [f"data={recipe}"]).data
+    assert (cfg.model.lr, cfg.trainer.max_epochs) == (lr, epochs)
+    cfg = compose_config("train", [f"recipe={recipe}", "model.lr=0.1", "trainer.max_epochs=2", "data=timing"])
+    assert (cfg.model.lr, cfg.trainer.max_epochs, cfg.data.task) == (0.1, 2, "msd")
+    # an experiment keeps the recipe's budget (experiments set the model, recipes the budget)
+    cfg = compose_config("train", ["experiment=gers_timing", f"recipe={recipe}", "hydra.mode=RUN"])
+    assert (cfg.model.lr, cfg.trainer.max_epochs, cfg.model.hidden_size) == (lr, epochs, 32)
 
 
 def test_default_is_the_mackey_glass_showcase():

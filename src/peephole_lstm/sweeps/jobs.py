@@ -26,8 +26,9 @@ RUNNING = "running"  # W&B only: the run has not finished yet
 SEED_KEY = "seed"
 # Overrides a requeued job gains to resume (peephole_lstm.sweeps.launcher); they do not change its variant.
 RESUME_KEYS = ("ckpt_path",)
-# Override keys that name the dataset or task: jobs that differ in them are never pooled in a report.
-DATA_KEYS = ("data",)
+# Override keys that name the dataset or task: jobs that differ in them are never pooled in a report
+# (a recipe, conf/recipe/, is a dataset with its training budget).
+DATA_KEYS = ("data", "recipe")
 
 
 @dataclass
