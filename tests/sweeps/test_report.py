@@ -286,6 +286,15 @@ def test_datasets_are_never_pooled(two_datasets, tmp_path):
     assert float(rows[4]["test/nrmse_p"]) == pytest.approx(ttest_ind(diag, none, equal_var=False).pvalue)
 
 
+def test_recipes_are_datasets_too(tmp_path):
+    # gers_timing and peephole_ablation sweep recipe=... (a dataset with its budget), not data=...
+    jobs = [([f"recipe={r}", f"model.peephole={p}", f"seed={s}"], {"test/nrmse": 1.0 + s}, None)
+            for r in ["gers_gts", "mackey_glass"] for p in ["none", "full"] for s in range(2)]
+    groups = split_groups(discover_jobs(write_sweep(tmp_path / "sweep", jobs)))
+    assert [g.label for g in groups] == ["recipe=gers_gts", "recipe=mackey_glass"]
+    assert [[a.label for a in g.arms] for g in groups] == [["model.peephole=none", "model.peephole=full"]] * 2
+
+
 @pytest.mark.slow
 def test_data_sub_keys_define_groups_and_group_by_overrides_them(tmp_path):
     jobs = []
