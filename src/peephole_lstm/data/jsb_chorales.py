@@ -45,14 +45,14 @@ SPLIT_BUCKETS = {"train": range(0, 60), "val": range(60, 80), "test": range(80, 
 # Bump when what the cache holds changes (note_spans: which parts, offsets, columns): old caches are then ignored.
 # The quantisation is applied on loading, so both `quantize` settings share one cache.
 CACHE_FORMAT = 1
+INSTALL_MUSIC21 = "pip install music21, or pip install -e '.[train]'"
 
 
 def _music21_dir() -> Path:
     """music21's folder, found without importing it (the import takes seconds; a cache hit needs none)."""
     spec = importlib.util.find_spec("music21")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("data=jsb_chorales reads the Bach chorales that ship with music21: pip install "
-                          "music21, or pip install -e '.[train]'")
+        raise ImportError(f"data=jsb_chorales reads the Bach chorales that ship with music21: {INSTALL_MUSIC21}")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -135,8 +135,7 @@ def parse_note_spans(path: Path) -> np.ndarray:
     try:
         from music21 import converter
     except ImportError as e:
-        raise ImportError(f"data=jsb_chorales parses the chorales with music21: pip install music21, or "
-                          f"pip install -e '.[train]' ({e})") from e
+        raise ImportError(f"data=jsb_chorales parses the chorales with music21: {INSTALL_MUSIC21} ({e})") from e
     # Our own cache holds what is needed: music21's pickles of whole scores (in its scratch folder) are
     # neither read nor written.
     return note_spans(converter.parseFile(str(path), forceSource=True, storePickle=False), path.name)

@@ -130,7 +130,8 @@ def _state_batch_size(state) -> int:
 def trust_cpu_vector_flags() -> None:
     """Skip inductor's compile-and-load probe of each vector ISA the CPU reports (AVX2, AVX-512, ...), unless
     TORCHINDUCTOR_VEC_ISA_OK is set. The probe builds a test library per ISA with the C++ compiler on the
-    first CPU compilation on a machine: 9.7 s of a 14 s cold compile at the medium shape (docs/export.md);
+    first CPU compilation on a machine (about 10 s on the 2-core VM, more than the model's own 4-5 s
+    compile at the medium shape; later processes only load the libraries, about 1 s; docs/export.md);
     the list it checks is already filtered by the CPU's own flags, and this package's C++ kernel builds
     with -march=native on the same compiler. TORCHINDUCTOR_VEC_ISA_OK=0 brings the probe back."""
     if os.environ.get("TORCHINDUCTOR_VEC_ISA_OK") is None:
