@@ -181,6 +181,31 @@ def test_inference_in_row_blocks_matches_eager(kwargs, dtype, tol, all_threads):
 
 
 @pytest.mark.skipif(not fused.extension_available(), reason="needs the C++ kernel")
+@pytest.mark.parametrize("kwargs", [
+    dict(peephole="diagonal"),  # split, output gate and cell phases in one pass; peephole sums per thread
+    dict(peephole="diagonal", output_peephole="previous", cell_clip=0.3, coupled=True),
+    dict(peephole="diagonal", cell_clip=0.2, zoneout=0.3, input_gate=False, peephole_gates="fo"),
+    dict(peephole="full", proj_size=7),  # the phases apart, with GEMMs over all rows between them
+], ids=_options_id)
+def test_training_with_rows_split_over_threads_matches_eager(kwargs, all_threads):
+    """The kernels' per-step passes split the batch rows over the threads from 16384 elements a step on
+    (pointwise.h, for_rows); with diagonal peepholes each thread sums its rows' peephole gradients
+    (csrc/backward.cpp, cell_row). 130 rows of 4 x 64 gates are two blocks of 65 on two threads: values
+    and every gradient must equal the eager loop's, with and without padding."""
+    if all_threads < 2:
+        pytest.skip("the rows are split only across two or more threads")
+    fast = make_lstm(4, 64, seed=0, backend="fused", **kwargs)
+    slow = make_lstm(4, 64, seed=0, backend="eager", **kwargs)
+    x = torch.randn(5, 130, 4, dtype=torch.float64)
+    lengths = torch.randint(1, 6, (130,))
+    lengths[0] = 5
+    with kernel("cpp"):
+        _assert_close(_run(fast, x), _run(slow, x), 1e-10)
+        _assert_close(_run(fast, x, lengths), _run(slow, x, lengths), 1e-10)
+    assert fast.last_path == "fused-cpp"
+
+
+@pytest.mark.skipif(not fused.extension_available(), reason="needs the C++ kernel")
 def test_inference_keeps_no_per_step_buffers():
     # A training forward takes its gates and states of all steps (> 1 MB here) from the kernel's buffer
     # cache; an inference forward must not allocate them at all.

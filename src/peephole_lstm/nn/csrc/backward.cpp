@@ -98,18 +98,30 @@ void cell_gradient(int64_t H, A clip, const S* __restrict__ f_gate, const S* __r
     d_c_prev[j] = A(d_c_prev[j]) + A(dz_i[j]) * A(diag_i[j]) + A(dz_f[j]) * A(diag_f[j]) + A(dz_o[j]) * A(diag_o_prev[j]);
 }
 
-// dw[j] = sum_n d[n, j] * src[n, j] (d with row stride ld): one pass, no temporary of N*H elements.
+// One row's terms of the diagonal peepholes' gradients, added to sums (i, f, o; H each): dz times the
+// cell the gate read, c_{t-1}, or for o with output_peephole="current" the clipped c_t. Summed while
+// dZ_t is in cache instead of in a pass over all T*B rows of dZ after the loop. Absent gates' dz rows
+// are scratch, and their sums are never read.
 template <typename S, typename A>
-void diagonal_peephole_gradient(int64_t N, int64_t H, int64_t ld, const S* d, const S* src, S* dw) {
-  std::vector<A> acc(H, A(0));
-  A* __restrict__ sum = acc.data();
-  for (int64_t n = 0; n < N; ++n) {
-    const S* __restrict__ d_row = d + n * ld;
-    const S* __restrict__ src_row = src + n * H;
-#pragma GCC ivdep
-    for (int64_t j = 0; j < H; ++j) sum[j] += A(d_row[j]) * A(src_row[j]);
+void diagonal_peephole_terms(int64_t H, A clip, bool o_current, const S* __restrict__ dz_i, const S* __restrict__ dz_f,
+                             const S* __restrict__ dz_o, const S* __restrict__ c_prev,
+                             const S* __restrict__ c_unclipped, A* __restrict__ sums) {
+  #pragma GCC ivdep
+  for (int64_t j = 0; j < H; ++j) {
+    sums[j] += A(dz_i[j]) * A(c_prev[j]);
+    sums[H + j] += A(dz_f[j]) * A(c_prev[j]);
   }
-  for (int64_t j = 0; j < H; ++j) dw[j] = acc[j];
+  if (o_current) {
+    #pragma GCC ivdep
+    for (int64_t j = 0; j < H; ++j) {
+      const A c = c_unclipped[j];
+      const A lo = c < -clip ? -clip : c;
+      sums[2 * H + j] += A(dz_o[j]) * (lo > clip ? clip : lo);
+    }
+  } else {
+    #pragma GCC ivdep
+    for (int64_t j = 0; j < H; ++j) sums[2 * H + j] += A(dz_o[j]) * A(c_prev[j]);
+  }
 }
 
 template <typename S>
@@ -141,7 +153,9 @@ class SequenceBackward {
         clip_(layout.cell_clip > 0 ? static_cast<A>(layout.cell_clip) : std::numeric_limits<A>::infinity()),
         options_(acts.options()),
         lengths_(lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr),
-        grad_out_(grad_out.defined() ? grad_out.data_ptr<S>() : nullptr) {
+        grad_out_(grad_out.defined() ? grad_out.data_ptr<S>() : nullptr),
+        rows_in_one_pass_(!w_hr.defined() && !layout.full_o_reads_current()),
+        threads_(at::get_num_threads()) {
     allocate(grad_hn, grad_cn, w_hh);
   }
 
@@ -182,15 +196,32 @@ class SequenceBackward {
     diag_f_ = diagonal_row(layout_.block_f, layout_.peephole_f, true);
     diag_o_prev_ = diagonal_row(layout_.block_o, layout_.peephole_o, !layout_.o_reads_current);
     diag_o_current_ = diagonal_row(layout_.block_o, layout_.peephole_o, layout_.o_reads_current);
+    // Per-thread sums of the diagonal peepholes' gradients (cell_row), added up after the loop.
+    if (diagonal) diagonal_sums_.assign(threads_ * 3 * H, A(0));
   }
 
   void step(int64_t t) {
     // Without a projection the step's new h is the cell output: its gradient goes straight there.
     const at::Tensor d_h_new = projected_ ? d_h_new_all_[t] : d_cell_out_;
-    split_state_gradient(t, d_h_new);
-    if (projected_) at::mm_out(d_cell_out_, d_h_new, w_hr_);
-    output_gate_backward(t);
-    cell_backward(t);
+    StepRows rows = step_rows(t, d_h_new);
+    if (rows_in_one_pass_) {
+      // Each row's three phases in one pass over the threads, the row staying in L1 (three passes cost
+      // about 45 us a step at B=64, H=128, two of them on one thread).
+      for_rows(B, GH, [&](int64_t b) {
+        split_row(rows, t, b);
+        output_gate_row(rows, b);
+        cell_row(rows, t, b);
+      });
+    } else {
+      for_rows(B, P + H, [&](int64_t b) { split_row(rows, t, b); });
+      if (projected_) at::mm_out(d_cell_out_, d_h_new, w_hr_);
+      for_rows(B, H, [&](int64_t b) { output_gate_row(rows, b); });
+      if (o_peephole_gemm_) {  // o's full peephole on c_t: dc_t += dz_o W_o (may return a new tensor)
+        d_c_step_ = o_peephole_gemm_->addmm(d_c_step_, d_preacts_[t].narrow(1, layout_.block_o * H, H), d_c_step_);
+        rows.d_c_step = d_c_step_.data_ptr<S>();
+      }
+      for_rows(B, GH, [&](int64_t b) { cell_row(rows, t, b); });
+    }
     to_previous_step(t);
   }
 
@@ -202,76 +233,81 @@ class SequenceBackward {
                                          : c_states_.data_ptr<S>() + (t + 1) * B * H;
   }
 
-  void split_state_gradient(int64_t t, const at::Tensor& d_h_new) {
-    const S* dh = d_h_.data_ptr<S>();
-    const S* dc = d_c_.data_ptr<S>();
-    S* d_h_new_ptr = d_h_new.data_ptr<S>();
-    S* d_h_carry = d_h_carry_.data_ptr<S>();
-    S* d_c_new = d_c_new_.data_ptr<S>();
-    S* d_c_carry = d_c_carry_.data_ptr<S>();
-    const S* grad_out = grad_out_ ? grad_out_ + t * B * P : nullptr;
-    const S* zeros = zeros_.data_ptr<S>();
-    for_rows(B, P + H, [&](int64_t b) {
-      // No gradient for the output: read element 0 of a row of zeros P times.
-      split_carried_gradient<S, A>(P, H, zoneout_, live(b, t), dh + b * P, dc + b * H,
-                                   grad_out ? grad_out + b * P : zeros, grad_out ? 1 : 0, d_h_new_ptr + b * P,
-                                   d_h_carry + b * P, d_c_new + b * H, d_c_carry + b * H);
-    });
+  // One step's buffers, each as the address of batch row 0.
+  struct StepRows {
+    const S* dh;          // the carried gradients, d_h_ and d_c_
+    const S* dc;
+    const S* grad_out;    // the output's gradient at step t, or null
+    S* d_h_new;           // the parts split off them (d_h_new is d_cell_out without a projection)
+    S* d_h_carry;
+    S* d_c_new;
+    S* d_c_carry;
+    const S* gates;       // step t's saved activations
+    const S* c_prev;      // c_{t-1}
+    const S* c_unclipped; // c_t before the clip
+    const S* d_cell_out;  // dL/d(o * act_out(c_t))
+    S* d_c_step;          // dL/dc_t
+    S* d_preacts;         // dZ_t
+    S* d_c_prev;          // dL/dc_{t-1}
+  };
+
+  StepRows step_rows(int64_t t, const at::Tensor& d_h_new) {
+    return {d_h_.data_ptr<S>(), d_c_.data_ptr<S>(), grad_out_ ? grad_out_ + t * B * P : nullptr,
+            d_h_new.data_ptr<S>(), d_h_carry_.data_ptr<S>(), d_c_new_.data_ptr<S>(), d_c_carry_.data_ptr<S>(),
+            gates_.data_ptr<S>() + t * B * GH, c_states_.data_ptr<S>() + t * B * H, c_pre_clip(t),
+            d_cell_out_.data_ptr<S>(), d_c_step_.data_ptr<S>(), d_preacts_.data_ptr<S>() + t * B * GH,
+            d_c_prev_.data_ptr<S>()};
   }
 
-  // dz_o and dL/dc_t, then o's full peephole on c_t: dc_t += dz_o W_o.
-  void output_gate_backward(int64_t t) {
-    const S* gates = gates_.data_ptr<S>() + t * B * GH;
-    const S* c_unclipped = c_pre_clip(t);
-    const S* d_cell_out = d_cell_out_.data_ptr<S>();
-    const S* d_c_new = d_c_new_.data_ptr<S>();
-    const S* ones = ones_.data_ptr<S>();
-    S* d_preacts = d_preacts_.data_ptr<S>() + t * B * GH;
-    S* d_c_step = d_c_step_.data_ptr<S>();
-    S* sink = sink_.data_ptr<S>();
+  // The carried gradient split between the new state and what zoneout or padding carries past the step.
+  void split_row(const StepRows& rows, int64_t t, int64_t b) const {
+    // No gradient for the output: read element 0 of a row of zeros P times.
+    const S* grad_out = rows.grad_out ? rows.grad_out + b * P : zeros_.data_ptr<S>();
+    split_carried_gradient<S, A>(P, H, zoneout_, live(b, t), rows.dh + b * P, rows.dc + b * H, grad_out,
+                                 rows.grad_out ? 1 : 0, rows.d_h_new + b * P, rows.d_h_carry + b * P,
+                                 rows.d_c_new + b * H, rows.d_c_carry + b * H);
+  }
+
+  // dz_o and dL/dc_t (o's full peephole on c_t is added after, by a GEMM over all rows).
+  void output_gate_row(const StepRows& rows, int64_t b) const {
     const int64_t col_o = layout_.block_o * H;  // first column of o's block
-    for_rows(B, H, [&](int64_t b) {
-      auto row = layout_.tanh_output ? output_gate_gradient<S, A, true> : output_gate_gradient<S, A, false>;
-      row(H, clip_, c_unclipped + b * H, d_cell_out + b * H, d_c_new + b * H,
-          layout_.block_o >= 0 ? gates + b * GH + col_o : ones, diag_o_current_,
-          layout_.block_o >= 0 ? d_preacts + b * GH + col_o : sink + b * 2 * H, d_c_step + b * H);
-    });
-    if (o_peephole_gemm_)
-      d_c_step_ = o_peephole_gemm_->addmm(d_c_step_, d_preacts_[t].narrow(1, col_o, H), d_c_step_);
+    auto row = layout_.tanh_output ? output_gate_gradient<S, A, true> : output_gate_gradient<S, A, false>;
+    row(H, clip_, rows.c_unclipped + b * H, rows.d_cell_out + b * H, rows.d_c_new + b * H,
+        layout_.block_o >= 0 ? rows.gates + b * GH + col_o : ones_.data_ptr<S>(), diag_o_current_,
+        layout_.block_o >= 0 ? rows.d_preacts + b * GH + col_o : sink_.data_ptr<S>() + b * 2 * H,
+        rows.d_c_step + b * H);
   }
 
-  // The other gates and dL/dc_{t-1}; padded rows pass the carried gradient through untouched.
-  void cell_backward(int64_t t) {
-    const S* gates = gates_.data_ptr<S>() + t * B * GH;
-    const S* c_prev = c_states_.data_ptr<S>() + t * B * H;
-    const S* c_unclipped = c_pre_clip(t);
-    const S* d_c_step = d_c_step_.data_ptr<S>();
-    const S* d_c_carry = d_c_carry_.data_ptr<S>();
+  // The other gates and dL/dc_{t-1}; padded rows pass the carried gradient through untouched. With
+  // diagonal peepholes, this thread's sums of their gradients take the row's terms.
+  void cell_row(const StepRows& rows, int64_t t, int64_t b) {
+    S* dz = rows.d_preacts + b * GH;
+    if (!live(b, t)) {
+      std::fill(dz, dz + GH, S(0));
+      std::copy(rows.d_c_carry + b * H, rows.d_c_carry + (b + 1) * H, rows.d_c_prev + b * H);
+      return;
+    }
     const S* ones = ones_.data_ptr<S>();
     const S* zeros = zeros_.data_ptr<S>();
-    S* d_preacts = d_preacts_.data_ptr<S>() + t * B * GH;
-    S* d_c_prev = d_c_prev_.data_ptr<S>();
-    S* sink = sink_.data_ptr<S>();
+    S* sink = sink_.data_ptr<S>() + b * 2 * H;
+    const S* row_gates = rows.gates + b * GH;
     // First column of each gate's block (only used when the gate exists).
     const int64_t col_i = layout_.block_i * H, col_f = layout_.block_f * H, col_g = layout_.block_g * H,
                   col_o = layout_.block_o * H;
-    for_rows(B, GH, [&](int64_t b) {
-      S* dz = d_preacts + b * GH;
-      if (!live(b, t)) {
-        std::fill(dz, dz + GH, S(0));
-        std::copy(d_c_carry + b * H, d_c_carry + (b + 1) * H, d_c_prev + b * H);
-        return;
-      }
-      const S* row_gates = gates + b * GH;
-      auto row = layout_.coupled
-                     ? (layout_.tanh_input ? cell_gradient<S, A, true, true> : cell_gradient<S, A, true, false>)
-                     : (layout_.tanh_input ? cell_gradient<S, A, false, true> : cell_gradient<S, A, false, false>);
-      row(H, clip_, layout_.block_f >= 0 ? row_gates + col_f : ones, layout_.block_i >= 0 ? row_gates + col_i : ones,
-          row_gates + col_g, c_prev + b * H, c_unclipped + b * H, d_c_step + b * H, d_c_carry + b * H,
-          layout_.block_o >= 0 ? dz + col_o : zeros, diag_i_, diag_f_, diag_o_prev_,
-          layout_.block_i >= 0 ? dz + col_i : sink + b * 2 * H,
-          layout_.block_f >= 0 ? dz + col_f : sink + b * 2 * H + H, dz + col_g, d_c_prev + b * H);
-    });
+    S* dz_i = layout_.block_i >= 0 ? dz + col_i : sink;
+    S* dz_f = layout_.block_f >= 0 ? dz + col_f : sink + H;
+    const S* dz_o = layout_.block_o >= 0 ? dz + col_o : zeros;
+    auto row = layout_.coupled
+                   ? (layout_.tanh_input ? cell_gradient<S, A, true, true> : cell_gradient<S, A, true, false>)
+                   : (layout_.tanh_input ? cell_gradient<S, A, false, true> : cell_gradient<S, A, false, false>);
+    row(H, clip_, layout_.block_f >= 0 ? row_gates + col_f : ones, layout_.block_i >= 0 ? row_gates + col_i : ones,
+        row_gates + col_g, rows.c_prev + b * H, rows.c_unclipped + b * H, rows.d_c_step + b * H,
+        rows.d_c_carry + b * H, dz_o, diag_i_, diag_f_, diag_o_prev_, dz_i, dz_f, dz + col_g, rows.d_c_prev + b * H);
+    if (diagonal_sums_.empty()) return;
+    const int64_t thread = at::get_thread_num();
+    TORCH_INTERNAL_ASSERT(thread < threads_);
+    diagonal_peephole_terms<S, A>(H, clip_, layout_.o_reads_current, dz_i, dz_f, dz_o, rows.c_prev + b * H,
+                                  rows.c_unclipped + b * H, diagonal_sums_.data() + thread * 3 * H);
   }
 
   // dc_{t-1} += the full peepholes reading it; dh_{t-1} = carried part + dZ_t W_hh. They become the
@@ -291,26 +327,43 @@ class SequenceBackward {
     auto dw_hh = at::mm(d_preacts.t(), h_states_.narrow(0, 0, T).reshape({T * B, P}));
     at::Tensor dw_hr, dw_ch;
     if (projected_) dw_hr = at::mm(d_h_new_all_.view({T * B, P}).t(), cell_outs_.view({T * B, H}));
-    if (w_ch_.defined()) {
-      auto c_old = c_states_.narrow(0, 0, T).reshape({T * B, H});
-      auto c_new = layout_.keeps_pre_clip_cell() ? c_pre_clip_.view({T * B, H})
-                                                 : c_states_.narrow(0, 1, T).reshape({T * B, H});
-      if (layout_.keeps_pre_clip_cell() && layout_.cell_clip > 0)
-        c_new = c_new.clamp(-layout_.cell_clip, layout_.cell_clip);
-      dw_ch = at::zeros_like(w_ch_);
-      auto peephole_gradient = [&](int64_t row, int64_t block, const at::Tensor& cell) {
-        auto d = d_preacts.narrow(1, block * H, H);
-        if (layout_.full_peepholes)
-          dw_ch[row].copy_(at::mm(d.t(), cell));
-        else
-          diagonal_peephole_gradient<S, A>(T * B, H, GH, d.data_ptr<S>(), cell.data_ptr<S>(), dw_ch[row].data_ptr<S>());
-      };
-      if (layout_.block_i >= 0 && layout_.peephole_i >= 0) peephole_gradient(layout_.peephole_i, layout_.block_i, c_old);
-      if (layout_.block_f >= 0 && layout_.peephole_f >= 0) peephole_gradient(layout_.peephole_f, layout_.block_f, c_old);
-      if (layout_.block_o >= 0 && layout_.peephole_o >= 0)
-        peephole_gradient(layout_.peephole_o, layout_.block_o, layout_.o_reads_current ? c_new : c_old);
-    }
+    if (w_ch_.defined()) dw_ch = layout_.full_peepholes ? full_peephole_gradients(d_preacts) : diagonal_peephole_gradients();
     return {dw_hh, dw_ch, dw_hr};
+  }
+
+  // Each full peephole matrix's gradient: one GEMM of its gate's dz columns with the cell it read.
+  at::Tensor full_peephole_gradients(const at::Tensor& d_preacts) const {
+    auto c_old = c_states_.narrow(0, 0, T).reshape({T * B, H});
+    auto c_new = layout_.keeps_pre_clip_cell() ? c_pre_clip_.view({T * B, H})
+                                               : c_states_.narrow(0, 1, T).reshape({T * B, H});
+    if (layout_.keeps_pre_clip_cell() && layout_.cell_clip > 0)
+      c_new = c_new.clamp(-layout_.cell_clip, layout_.cell_clip);
+    auto dw_ch = at::zeros_like(w_ch_);
+    auto gradient = [&](int64_t row, int64_t block, const at::Tensor& cell) {
+      dw_ch[row].copy_(at::mm(d_preacts.narrow(1, block * H, H).t(), cell));
+    };
+    if (layout_.block_i >= 0 && layout_.peephole_i >= 0) gradient(layout_.peephole_i, layout_.block_i, c_old);
+    if (layout_.block_f >= 0 && layout_.peephole_f >= 0) gradient(layout_.peephole_f, layout_.block_f, c_old);
+    if (layout_.block_o >= 0 && layout_.peephole_o >= 0)
+      gradient(layout_.peephole_o, layout_.block_o, layout_.o_reads_current ? c_new : c_old);
+    return dw_ch;
+  }
+
+  // The diagonal peepholes' gradients: the threads' sums from the loop (cell_row), added up.
+  at::Tensor diagonal_peephole_gradients() const {
+    auto dw_ch = at::zeros_like(w_ch_);
+    auto gradient = [&](int64_t row, int64_t gate) {
+      S* dw = dw_ch[row].data_ptr<S>();
+      for (int64_t j = 0; j < H; ++j) {
+        A sum = 0;
+        for (int64_t k = 0; k < threads_; ++k) sum += diagonal_sums_[(k * 3 + gate) * H + j];
+        dw[j] = sum;
+      }
+    };
+    if (layout_.block_i >= 0 && layout_.peephole_i >= 0) gradient(layout_.peephole_i, 0);
+    if (layout_.block_f >= 0 && layout_.peephole_f >= 0) gradient(layout_.peephole_f, 1);
+    if (layout_.block_o >= 0 && layout_.peephole_o >= 0) gradient(layout_.peephole_o, 2);
+    return dw_ch;
   }
 
   const CellLayout layout_;
@@ -321,6 +374,11 @@ class SequenceBackward {
   const at::TensorOptions options_;
   const int64_t* const lengths_;
   const S* const grad_out_;
+  // Without a projection and without o's full peephole on c_t (each a GEMM over all rows between the
+  // phases), a row's split, output gate and cell phases run back to back in one pass.
+  const bool rows_in_one_pass_;
+  const int64_t threads_;
+  std::vector<A> diagonal_sums_;  // (threads, 3 gates i f o, H), diagonal peepholes only
 
   at::Tensor d_preacts_;    // (T, B, GH) dL/d(pre-activations): the input projection's gradient, kept for the weights'
   at::Tensor d_h_new_all_;  // (T, B, P) dL/d(each step's projected h before zoneout), for dW_hr
