@@ -167,7 +167,9 @@ def backward(grad_out, grad_hn, grad_cn, hs, cs, acts, cn, rs, w_hh, w_ch, w_hr,
     if cn is None and kernel == "fused-triton":
         cn = cs[1:]  # without clipping or zoneout the pre-clip cell is the new cell (the C++ kernel's choice)
     run = _kernels(kernel)[1]
-    return run(grad_out, grad_hn, grad_cn, hs, cs, acts, cn, rs, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout)
+    # (the C++ kernel's two extra results are the fused input projection's: see projected_training)
+    return tuple(run(grad_out, grad_hn, grad_cn, hs, cs, acts, cn, rs, w_hh, w_ch, w_hr, lengths, idx, flags, clip,
+                     zoneout)[:6])
 
 
 def inference(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout, kernel: str = "auto"):

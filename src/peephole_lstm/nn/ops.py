@@ -43,20 +43,28 @@ def fused_layer(
     opts: CellOptions, kernel: str = "auto",
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """One layer direction from its input x (T, B, I): functional.input_projection, then fused_sequence.
-    `input_weights` are the layer's INPUT_WEIGHTS. Without a gradient to compute (and outside tracers and
-    autocast), the C++ kernel adds the projection to each step's recurrent GEMM instead, so the
-    (T, B, G*H) projection is never stored (from 8 rows over all steps on: below that the concatenated
-    weight it builds costs more)."""
+    `input_weights` are the layer's INPUT_WEIGHTS. On the C++ kernel (outside tracers and autocast) the
+    kernel adds the projection to each step's recurrent GEMM instead, so the (T, B, G*H) projection is
+    never stored (from 8 rows over all steps on: below that the concatenated weight it builds costs
+    more): without a gradient to compute as fused.projected_inference, else through _ProjectedSequence."""
     w_ih, b_ih, b_hh = input_weights[:3]
     w_hh, w_ch, _, w_hr = weights[:4]
     if (fused._resolve(kernel, x) == "fused-cpp" and x.shape[0] * x.shape[1] >= 8 and not _tracing()
-            and not torch.is_autocast_enabled(x.device.type)
-            and not _needs_grad(x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_ch, w_hr)):
-        bias = b_ih + b_hh if b_ih is not None and b_hh is not None else None
+            and not torch.is_autocast_enabled(x.device.type)):
         if lengths is not None:
             lengths = lengths.to(dtype=torch.int64)
-        return fused.projected_inference(x, w_ih, bias, h0, c0, w_hh, w_ch, w_hr, lengths, *fused.config(opts))
+        if _needs_grad(x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_ch, w_hr):
+            return _ProjectedSequence.apply(x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_ch, w_hr, lengths, *fused.config(opts))
+        return fused.projected_inference(x, w_ih, _bias(b_ih, b_hh), h0, c0, w_hh, w_ch, w_hr, lengths,
+                                         *fused.config(opts))
     return fused_sequence(input_projection(x, *input_weights), h0, c0, lengths, weights, opts, kernel)
+
+
+def _bias(b_ih: Optional[Tensor], b_hh: Optional[Tensor]) -> Optional[Tensor]:
+    """Both biases as the one the kernel adds (None without either)."""
+    if b_ih is None or b_hh is None:
+        return b_hh if b_ih is None else b_ih
+    return b_ih + b_hh
 
 
 def _tracing() -> bool:
@@ -180,21 +188,27 @@ def _formula(ctx, grad_out, grad_hn, grad_cn, *_unused):
 def _differentiable_backward(ctx, inputs: Sequence[Optional[Tensor]], lengths, grad_out, grad_hn, grad_cn):
     """The vector-Jacobian product of the eager recomputation, built as a graph (of the saved inputs and
     of the incoming gradients) so that autograd can differentiate it again."""
-    wanted = [i for i, need in enumerate(ctx.needs_input_grad[:6]) if need]
+    grads = _vjp_graph(lambda *args: fused.eager_sequence(*args, lengths, *ctx.config), inputs,
+                       ctx.needs_input_grad[:len(inputs)], (grad_out, grad_hn, grad_cn))
+    return tuple(grads) + (None,) * (_N_INPUTS - len(inputs))
+
+
+def _vjp_graph(run, inputs: Sequence[Optional[Tensor]], needs: Sequence[bool], grads) -> list:
+    """The vector-Jacobian product of run(*inputs) -> (out, h_n, c_n) with the incoming `grads`, as a
+    graph: one entry per input, None where `needs` is False."""
+    wanted = [i for i, need in enumerate(needs) if need]
     with torch.enable_grad():
         # Detached leaves stand in for inputs that need no gradient, so the recompute never reaches into
         # (or accumulates into) graphs the caller did not ask about.
         args = [x if k in wanted else (None if x is None else x.detach()) for k, x in enumerate(inputs)]
-        outs = fused.eager_sequence(*args, lengths, *ctx.config)
-        pairs = [(o, g) for o, g in zip(outs, (grad_out, grad_hn, grad_cn)) if g is not None]
-        grads = torch.autograd.grad(
-            [o for o, _ in pairs], [args[k] for k in wanted], [g for _, g in pairs],
-            create_graph=True, allow_unused=True,
-        )
-    result: list = [None] * _N_INPUTS
-    for k, g in zip(wanted, grads):
+        outs = run(*args)
+        pairs = [(o, g) for o, g in zip(outs, grads) if g is not None]
+        got = torch.autograd.grad([o for o, _ in pairs], [args[k] for k in wanted], [g for _, g in pairs],
+                                  create_graph=True, allow_unused=True)
+    result: list = [None] * len(inputs)
+    for k, g in zip(wanted, got):
         result[k] = torch.zeros_like(inputs[k]) if g is None else g
-    return tuple(result)
+    return result
 
 
 sequence_forward.register_autograd(_formula, setup_context=_setup_context)
@@ -211,3 +225,44 @@ class _EagerSequence(torch.autograd.Function):
         return output
 
     backward = staticmethod(_formula)
+
+
+class _ProjectedSequence(torch.autograd.Function):
+    """input_projection and sequence_forward in one node, on the C++ kernel (fused_layer's eager lane for
+    CPU tensors): each step's GEMM computes bias + [x_t | h_{t-1}] [W_ih | W_hh]^T, so the (T, B, G*H)
+    projection is never written and read back; the kernel keeps the rows [x_t | h_{t-1}] for the
+    backward, which gets dW_ih and dW_hh from one GEMM dZ^T [X | H_prev] and the bias gradient from sums
+    taken in its per-step pass. Inputs: x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_ch, w_hr, lengths, then
+    fused.config's four. Second-order gradients recompute with the eager ops, as _formula does."""
+
+    @staticmethod
+    def forward(ctx, x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout):
+        out, xh, cs, acts, cn, rs = fused._fused_cpu.forward(None, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip,
+                                                             zoneout, needs_grad=True, x=x, w_ih=w_ih,
+                                                             bias=_bias(b_ih, b_hh))
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(xh, cs, acts, cn, rs, x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_ch, w_hr, lengths)
+        ctx.config = (list(idx), list(flags), clip, zoneout)
+        return out, xh[-1, :, x.shape[-1]:].clone(), cs[-1].clone()
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_hn, grad_cn):
+        xh, cs, acts, cn, rs, x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_ch, w_hr, lengths = ctx.saved_tensors
+        after = (None,) * 5  # lengths and the configuration
+        if grad_out is None and grad_hn is None and grad_cn is None:
+            return (None,) * 9 + after
+        inputs = (x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_ch, w_hr)
+        if torch.is_grad_enabled() or fused.batched(grad_out, grad_hn, grad_cn):  # see _formula
+            def run(x, w_ih, b_ih, b_hh, *rest):
+                return fused.eager_sequence(input_projection(x, w_ih, b_ih, b_hh, None, None), *rest, lengths,
+                                            *ctx.config)
+
+            return tuple(_vjp_graph(run, inputs, ctx.needs_input_grad[:9], (grad_out, grad_hn, grad_cn))) + after
+        needs = ctx.needs_input_grad
+        dxz, dh0, dc0, dw_hh, dw_ch, dw_hr, dw_ih, db = fused._fused_cpu.backward(
+            grad_out, grad_hn, grad_cn, xh, cs, acts, cn, rs, w_hh, w_ch, w_hr, lengths, *ctx.config,
+            input_size=x.shape[-1], bias_grad=needs[2] or needs[3])
+        dx = torch.mm(dxz.view(-1, dxz.shape[-1]), w_ih).view(x.shape) if needs[0] else None
+        db_ih = db if needs[2] else None
+        db_hh = (db.clone() if needs[2] else db) if needs[3] else None
+        return (dx, dw_ih, db_ih, db_hh, dh0, dc0, dw_hh, dw_ch, dw_hr) + after

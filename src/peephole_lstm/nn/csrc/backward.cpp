@@ -134,7 +134,7 @@ class SequenceBackward {
   SequenceBackward(const CellLayout& layout, const at::Tensor& grad_out, const at::Tensor& grad_hn,
                    const at::Tensor& grad_cn, const at::Tensor& hs, const at::Tensor& cs, const at::Tensor& acts,
                    const at::Tensor& cn, const at::Tensor& rs, const at::Tensor& w_hh, const at::Tensor& w_ch,
-                   const at::Tensor& w_hr, const at::Tensor& lengths)
+                   const at::Tensor& w_hr, const at::Tensor& lengths, int64_t input_size, bool bias_grad)
       : layout_(layout),
         h_states_(hs),
         c_states_(cs),
@@ -148,7 +148,8 @@ class SequenceBackward {
         B(acts.size(1)),
         GH(acts.size(2)),
         H(cs.size(2)),
-        P(hs.size(2)),
+        I(input_size),
+        P(hs.size(2) - input_size),
         zoneout_(static_cast<A>(layout.zoneout)),
         clip_(layout.cell_clip > 0 ? static_cast<A>(layout.cell_clip) : std::numeric_limits<A>::infinity()),
         options_(acts.options()),
@@ -157,12 +158,13 @@ class SequenceBackward {
         rows_in_one_pass_(!w_hr.defined() && !layout.full_o_reads_current()),
         threads_(at::get_num_threads()) {
     allocate(grad_hn, grad_cn, w_hh);
+    if (bias_grad) bias_sums_.assign(threads_ * GH, A(0));
   }
 
   std::vector<at::Tensor> run() {
     for (int64_t t = T - 1; t >= 0; --t) step(t);
-    auto [dw_hh, dw_ch, dw_hr] = weight_gradients();
-    return {d_preacts_, d_h_, d_c_, dw_hh, dw_ch, dw_hr};
+    auto [dw_ih, dw_hh, dw_ch, dw_hr] = weight_gradients();
+    return {d_preacts_, d_h_, d_c_, dw_hh, dw_ch, dw_hr, dw_ih, bias_gradient()};
   }
 
  private:
@@ -303,11 +305,17 @@ class SequenceBackward {
     row(H, clip_, layout_.block_f >= 0 ? row_gates + col_f : ones, layout_.block_i >= 0 ? row_gates + col_i : ones,
         row_gates + col_g, rows.c_prev + b * H, rows.c_unclipped + b * H, rows.d_c_step + b * H,
         rows.d_c_carry + b * H, dz_o, diag_i_, diag_f_, diag_o_prev_, dz_i, dz_f, dz + col_g, rows.d_c_prev + b * H);
-    if (diagonal_sums_.empty()) return;
+    if (diagonal_sums_.empty() && bias_sums_.empty()) return;
     const int64_t thread = at::get_thread_num();
     TORCH_INTERNAL_ASSERT(thread < threads_);
-    diagonal_peephole_terms<S, A>(H, clip_, layout_.o_reads_current, dz_i, dz_f, dz_o, rows.c_prev + b * H,
-                                  rows.c_unclipped + b * H, diagonal_sums_.data() + thread * 3 * H);
+    if (!diagonal_sums_.empty())
+      diagonal_peephole_terms<S, A>(H, clip_, layout_.o_reads_current, dz_i, dz_f, dz_o, rows.c_prev + b * H,
+                                    rows.c_unclipped + b * H, diagonal_sums_.data() + thread * 3 * H);
+    if (!bias_sums_.empty()) {  // dz is complete: the output gate's pass wrote o's block before this one
+      A* __restrict__ sums = bias_sums_.data() + thread * GH;
+      #pragma GCC ivdep
+      for (int64_t j = 0; j < GH; ++j) sums[j] += A(dz[j]);
+    }
   }
 
   // dc_{t-1} += the full peepholes reading it; dh_{t-1} = carried part + dZ_t W_hh. They become the
@@ -322,13 +330,30 @@ class SequenceBackward {
   }
 
   // One GEMM (or reduction) over all T*B rows each: (dW_hh, dW_ch, dW_hr).
-  std::tuple<at::Tensor, at::Tensor, at::Tensor> weight_gradients() {
+  // One GEMM (or reduction) over all T*B rows each: (dW_ih, dW_hh, dW_ch, dW_hr). With the input
+  // projection fused, the saved rows [x_t | h_{t-1}] give dW_ih and dW_hh as one GEMM (else no dW_ih).
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> weight_gradients() {
     auto d_preacts = d_preacts_.view({T * B, GH});
-    auto dw_hh = at::mm(d_preacts.t(), h_states_.narrow(0, 0, T).reshape({T * B, P}));
+    auto dw_in_hh = at::mm(d_preacts.t(), h_states_.narrow(0, 0, T).reshape({T * B, I + P}));
+    at::Tensor dw_ih = I > 0 ? dw_in_hh.narrow(1, 0, I).contiguous() : at::Tensor();
+    at::Tensor dw_hh = I > 0 ? dw_in_hh.narrow(1, I, P).contiguous() : dw_in_hh;
     at::Tensor dw_hr, dw_ch;
     if (projected_) dw_hr = at::mm(d_h_new_all_.view({T * B, P}).t(), cell_outs_.view({T * B, H}));
     if (w_ch_.defined()) dw_ch = layout_.full_peepholes ? full_peephole_gradients(d_preacts) : diagonal_peephole_gradients();
-    return {dw_hh, dw_ch, dw_hr};
+    return {dw_ih, dw_hh, dw_ch, dw_hr};
+  }
+
+  // The bias gradient, the column sums of dZ: the threads' sums from the loop (cell_row), added up.
+  at::Tensor bias_gradient() const {
+    if (bias_sums_.empty()) return at::Tensor();
+    auto db = at::empty({GH}, options_);
+    S* out = db.data_ptr<S>();
+    for (int64_t j = 0; j < GH; ++j) {
+      A sum = 0;
+      for (int64_t k = 0; k < threads_; ++k) sum += bias_sums_[k * GH + j];
+      out[j] = sum;
+    }
+    return db;
   }
 
   // Each full peephole matrix's gradient: one GEMM of its gate's dz columns with the cell it read.
@@ -369,7 +394,7 @@ class SequenceBackward {
   const CellLayout layout_;
   const at::Tensor h_states_, c_states_, gates_, c_pre_clip_, cell_outs_, w_ch_, w_hr_;
   const bool projected_;
-  const int64_t T, B, GH, H, P;
+  const int64_t T, B, GH, H, I, P;  // I: width of x_t in the saved rows [x_t | h_{t-1}], 0 when not fused
   const A zoneout_, clip_;
   const at::TensorOptions options_;
   const int64_t* const lengths_;
@@ -379,6 +404,7 @@ class SequenceBackward {
   const bool rows_in_one_pass_;
   const int64_t threads_;
   std::vector<A> diagonal_sums_;  // (threads, 3 gates i f o, H), diagonal peepholes only
+  std::vector<A> bias_sums_;      // (threads, GH), when the bias gradient is asked for
 
   at::Tensor d_preacts_;    // (T, B, GH) dL/d(pre-activations): the input projection's gradient, kept for the weights'
   at::Tensor d_h_new_all_;  // (T, B, P) dL/d(each step's projected h before zoneout), for dW_hr
@@ -403,11 +429,11 @@ std::vector<at::Tensor> lstm_backward(const CellLayout& layout, const at::Tensor
                                       const at::Tensor& grad_cn, const at::Tensor& hs, const at::Tensor& cs,
                                       const at::Tensor& acts, const at::Tensor& cn, const at::Tensor& rs,
                                       const at::Tensor& w_hh, const at::Tensor& w_ch, const at::Tensor& w_hr,
-                                      const at::Tensor& lengths) {
+                                      const at::Tensor& lengths, int64_t input_size, bool bias_grad) {
   std::vector<at::Tensor> results;
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, acts.scalar_type(), "fused_lstm_backward", [&] {
     results = SequenceBackward<scalar_t>(layout, grad_out, grad_hn, grad_cn, hs, cs, acts, cn, rs, w_hh, w_ch, w_hr,
-                                         lengths)
+                                         lengths, input_size, bias_grad)
                   .run();
   });
   return results;

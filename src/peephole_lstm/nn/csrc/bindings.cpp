@@ -41,13 +41,15 @@ std::vector<at::Tensor> backward(const std::optional<at::Tensor>& grad_out, cons
                                  const std::optional<at::Tensor>& rs, const at::Tensor& w_hh,
                                  const std::optional<at::Tensor>& w_ch, const std::optional<at::Tensor>& w_hr,
                                  const std::optional<at::Tensor>& lengths, const std::vector<int64_t>& idx,
-                                 const std::vector<bool>& flags, double clip, double zoneout) {
+                                 const std::vector<bool>& flags, double clip, double zoneout, int64_t input_size,
+                                 bool bias_grad) {
   const CellLayout layout = fused_lstm::make_layout(idx, flags, clip, zoneout);
   // hs, cs and acts are the forward's own buffers, contiguous as it made them.
   return fused_lstm::lstm_backward(layout, contiguous_or_undefined(grad_out), contiguous_or_undefined(grad_hn),
                                    contiguous_or_undefined(grad_cn), hs, cs, acts, contiguous_or_undefined(cn),
                                    contiguous_or_undefined(rs), w_hh.contiguous(), contiguous_or_undefined(w_ch),
-                                   contiguous_or_undefined(w_hr), contiguous_or_undefined(lengths));
+                                   contiguous_or_undefined(w_hr), contiguous_or_undefined(lengths), input_size,
+                                   bias_grad);
 }
 
 int64_t empty_cache() { return static_cast<int64_t>(fused_lstm::release_cached_buffers()); }
@@ -66,11 +68,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "from how many multiply-adds (B*4H*P) a float32 recurrent GEMM runs on oneDNN; returns the previous value");
   m.def("forward", &forward,
         "peephole LSTM sequence forward (CPU): (out, hs, cs, acts, cn, rs) for the backward when needs_grad, "
-        "else (out, h_T, c_T) without keeping any step's gates or states; without a backward, x, w_ih and "
-        "bias may replace xz (None) to fuse the input projection into the steps",
+        "else (out, h_T, c_T) without keeping any step's gates or states; x, w_ih and "
+        "bias may replace xz (None) to fuse the input projection into the steps (then hs holds the rows [x_t | h_{t-1}])",
         py::arg("xz"), py::arg("h0"), py::arg("c0"), py::arg("w_hh"), py::arg("w_ch"), py::arg("w_hr"),
         py::arg("lengths"), py::arg("idx"), py::arg("flags"), py::arg("clip"), py::arg("zoneout"),
         py::arg("needs_grad") = true, py::arg("x") = py::none(), py::arg("w_ih") = py::none(),
         py::arg("bias") = py::none());
-  m.def("backward", &backward, "peephole LSTM sequence backward (CPU)");
+  m.def("backward", &backward,
+        "peephole LSTM sequence backward (CPU): (d xz, d h0, d c0, d w_hh, d w_ch, d w_hr, d w_ih, d bias); "
+        "d w_ih when the forward fused the input projection (input_size: its x's width), d bias when bias_grad",
+        py::arg("grad_out"), py::arg("grad_hn"), py::arg("grad_cn"), py::arg("hs"), py::arg("cs"), py::arg("acts"),
+        py::arg("cn"), py::arg("rs"), py::arg("w_hh"), py::arg("w_ch"), py::arg("w_hr"), py::arg("lengths"),
+        py::arg("idx"), py::arg("flags"), py::arg("clip"), py::arg("zoneout"), py::arg("input_size") = 0,
+        py::arg("bias_grad") = false);
 }

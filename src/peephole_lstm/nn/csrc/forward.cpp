@@ -211,14 +211,17 @@ class SequenceForward {
   }
 
  private:
-  // Every step's gates and states, for the backward (which frees them).
+  // Every step's gates and states, for the backward (which frees them). With the input projection fused,
+  // row t of the hidden states is the step GEMM's left operand [x_t | h_{t-1}] (x_T's place is unused),
+  // so that the backward gets dW_ih and dW_hh from one GEMM dZ^T [X | H_prev].
   void allocate_saved_steps() {
-    h_states_ = workspace({T + 1, B, P}, options_);
+    h_states_ = workspace({T + 1, B, I + P}, options_);
+    if (input_fused_) h_states_.narrow(0, 0, T).narrow(2, 0, I).copy_(x_);
+    h_state(0).copy_(h0_);
     c_states_ = workspace({T + 1, B, H}, options_);
     gates_ = workspace({T, B, GH}, options_);
     c_pre_clip_ = layout_.keeps_pre_clip_cell() ? workspace({T, B, H}, options_) : at::Tensor();
     cell_outs_ = projected_ ? workspace({T, B, H}, options_) : at::Tensor();
-    h_states_[0].copy_(h0_);
     c_states_[0].copy_(c0_);
   }
 
@@ -262,8 +265,8 @@ class SequenceForward {
 
   // State s (0..T); state 0 of a run without backward is h0/c0 themselves (only read).
   at::Tensor h_state(int64_t s) const {
+    if (input_fused_) return h_states_[for_backward_ ? s : s % 2].narrow(1, I, P);
     if (for_backward_) return h_states_[s];
-    if (input_fused_) return h_states_[s % 2].narrow(1, I, P);
     return s == 0 ? h0_ : h_states_[s % 2];
   }
   at::Tensor c_state(int64_t s) const { return for_backward_ ? c_states_[s] : (s == 0 ? c0_ : c_states_[s % 2]); }
@@ -292,8 +295,8 @@ class SequenceForward {
   // h_{t-1} W_hh^T, or with the input projection fused bias + [x_t | h_{t-1}] [W_ih | W_hh]^T.
   at::Tensor recurrent_gemm(int64_t t, const at::Tensor& h_prev) {
     if (!input_fused_) return recurrent_gemm_->mm(h_prev, recurrent_out_);
-    auto operand = h_states_[t % 2];  // [x_t | h_{t-1}]
-    operand.narrow(1, 0, I).copy_(x_[t]);
+    auto operand = h_states_[for_backward_ ? t : t % 2];  // [x_t | h_{t-1}]
+    if (!for_backward_) operand.narrow(1, 0, I).copy_(x_[t]);  // kept for a backward: all copied at the start
     return bias_.defined() ? recurrent_gemm_->mm_bias(bias_, operand, recurrent_out_)
                            : recurrent_gemm_->mm(operand, recurrent_out_);
   }
@@ -365,7 +368,6 @@ std::vector<at::Tensor> lstm_forward(const CellLayout& layout, const at::Tensor&
                                      const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& bias) {
   std::vector<at::Tensor> results;
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, h0.scalar_type(), "fused_lstm_forward", [&] {
-    TORCH_CHECK(!x.defined() || !for_backward, "fused_lstm: the input projection is fused only without a backward");
     // Without a backward, batch rows never meet: each thread runs the whole sequence on its own block of
     // rows, with no synchronisation per step (splitting every step's GEMM and pointwise pass across the
     // threads instead costs a few fork/joins a step: at B=64, I=32, H=128 on two threads, 1.26-1.33x
