@@ -206,6 +206,28 @@ def test_training_with_rows_split_over_threads_matches_eager(kwargs, all_threads
 
 
 @pytest.mark.skipif(not fused.extension_available(), reason="needs the C++ kernel")
+@pytest.mark.parametrize("trainable", ["x", "bias_ih_l0", "weight_ih_l0", "weight_hh_l0", "bias_hh_l0,weight_ch_l0"])
+def test_training_with_the_projection_in_the_kernel_for_any_trainable_subset(trainable):
+    """A CPU layer with 8 or more rows trains through ops._ProjectedSequence (the input projection inside
+    the kernel's step GEMM; dW_ih, dW_hh and the bias gradient from the kernel): whichever inputs need a
+    gradient (frozen weights and an input gradient, one bias alone), each equals the eager loop's."""
+    fast, slow = _pair(dict(peephole="diagonal", cell_clip=0.4))
+    x = torch.randn(6, 3, 4, dtype=torch.float64)
+    names = trainable.split(",")
+    got, want = [], []
+    for module, out in ((fast, got), (slow, want)):
+        for name, p in module.named_parameters():
+            p.requires_grad_(name in names)
+        leaf = x.clone().requires_grad_("x" in names)
+        y, (h, c) = module(leaf)
+        if module is fast:
+            assert type(y.grad_fn).__name__ == "_ProjectedSequenceBackward"
+        wrt = [leaf] * ("x" in names) + [p for n, p in module.named_parameters() if n in names]
+        out.extend(torch.autograd.grad((y * 0.3).sum() + (h * c).sum(), wrt))
+    _assert_close(got, want, 1e-10)
+
+
+@pytest.mark.skipif(not fused.extension_available(), reason="needs the C++ kernel")
 def test_inference_keeps_no_per_step_buffers():
     # A training forward takes its gates and states of all steps (> 1 MB here) from the kernel's buffer
     # cache; an inference forward must not allocate them at all.

@@ -5,12 +5,15 @@ per-op dispatch, not the arithmetic. Here one operator (nn/ops.py) runs the whol
 with a hand-written BPTT backward as its autograd formula:
 
 * the input projection W_ih x_t + b for all steps is one GEMM before the loop (done by the layer, so
-  autograd turns its gradient into one GEMM for dx and one for dW_ih over all T*B rows);
+  autograd turns its gradient into one GEMM for dx and one for dW_ih over all T*B rows); the C++
+  kernel instead adds it to each step's recurrent GEMM, [x_t | h_{t-1}] [W_ih | W_hh]^T, and returns
+  dW_ih with dW_hh (ops._ProjectedSequence);
 * per step: one recurrent GEMM h_{t-1} W_hh^T, then all gate math in one fused pointwise pass
   (plus a GEMM per full peephole matrix and for the projection);
 * the backward walks the steps in reverse with one GEMM dZ_t W_hh per step and fused pointwise
   gate derivatives, keeps dZ for all steps, and computes dW_hh = dZ^T H_prev, dW_hr and the
-  peephole gradients as single GEMMs/reductions over all steps after the loop.
+  full peepholes' gradients as single GEMMs over all steps after the loop (the diagonal peepholes'
+  as sums over all steps).
 
 Three implementations of this algorithm exist: the C++ kernel (csrc/, docs/speed.md; built at install,
 CPU tensors), Triton kernels for the per-step gate math (nn/triton_kernels.py, CUDA tensors when the
@@ -167,7 +170,7 @@ def backward(grad_out, grad_hn, grad_cn, hs, cs, acts, cn, rs, w_hh, w_ch, w_hr,
     if cn is None and kernel == "fused-triton":
         cn = cs[1:]  # without clipping or zoneout the pre-clip cell is the new cell (the C++ kernel's choice)
     run = _kernels(kernel)[1]
-    # (the C++ kernel's two extra results are the fused input projection's: see projected_training)
+    # (the C++ kernel's two extra results belong to the fused input projection: ops._ProjectedSequence)
     return tuple(run(grad_out, grad_hn, grad_cn, hs, cs, acts, cn, rs, w_hh, w_ch, w_hr, lengths, idx, flags, clip,
                      zoneout)[:6])
 

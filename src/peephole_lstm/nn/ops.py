@@ -12,6 +12,9 @@ gate activations, the cell before clipping/zoneout and the projection's inputs; 
 tensors when the options do not need them): an operator's autograd formula only sees its inputs and
 outputs, so they are outputs, marked non-differentiable. An absent w_ch / w_hr gets an empty gradient.
 
+Eager CPU layers on the C++ kernel take another node, `_ProjectedSequence`, which also does the input
+projection inside the kernel (see fused_layer); traced code always gets the operators above.
+
 Kernels: the C++ kernel for CPU tensors (when built and enabled, see fused.set_extension_enabled), the
 pure-PyTorch twin for every other device. The fake (meta) kernels give the shapes from the inputs',
 symbolic T and B included, so one compiled or exported graph serves every length and batch size.

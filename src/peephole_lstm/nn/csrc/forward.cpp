@@ -97,7 +97,7 @@ void carry_state(int64_t P, int64_t H, A zoneout, bool live, const S* __restrict
 // One step's buffers, each as the address of batch row 0 (row b starts b row widths further).
 template <typename S>
 struct StepRows {
-  const S* input_proj;        // x_t's projection, GH per row; fused: one row of zeros for every row
+  const S* input_proj;        // x_t's projection, GH per row; fused: the bias (or zeros) for every row
   int64_t input_proj_stride;  // GH, or 0 when fused
   const S* recurrent;         // (B, GH) h_{t-1} W_hh^T; fused: the whole pre-activation
   const S* prev_peepholes;    // (B, n_prev_peepholes*H) the full peepholes reading c_{t-1}, or null
@@ -242,8 +242,9 @@ class SequenceForward {
     // tiled GEMM read it without another copy.
     recurrent_gemm_.emplace(input_fused_ ? at::cat({w_ih.t(), w_hh.t()}, 0).t() : w_hh, B, T);
     recurrent_out_ = at::empty({B, GH}, options_);
-    // The gate pass adds x's projection row to the GEMM's; fused, that row is one row of zeros for all b.
-    zero_input_row_ = input_fused_ ? at::zeros({GH}, options_) : at::Tensor();
+    // The gate pass adds x's projection row to the GEMM's; fused, that row is the bias (or zeros) for
+    // every b: added there, not written into the GEMM's output before each step.
+    fused_input_row_ = !input_fused_ ? at::Tensor() : bias_.defined() ? bias_ : at::zeros({GH}, options_);
     c_new_ = at::empty({B, H}, options_);
     c_pre_clip_scratch_ = layout_.keeps_pre_clip_cell() ? at::Tensor() : at::empty({B, H}, options_);
     cell_out_scratch_ = at::empty({B, H}, options_);
@@ -292,19 +293,19 @@ class SequenceForward {
     for_rows(B, P + H, [&](int64_t b) { carry_row(carried, t, b); });
   }
 
-  // h_{t-1} W_hh^T, or with the input projection fused bias + [x_t | h_{t-1}] [W_ih | W_hh]^T.
+  // h_{t-1} W_hh^T, or with the input projection fused [x_t | h_{t-1}] [W_ih | W_hh]^T (the gate pass adds
+  // the bias).
   at::Tensor recurrent_gemm(int64_t t, const at::Tensor& h_prev) {
     if (!input_fused_) return recurrent_gemm_->mm(h_prev, recurrent_out_);
     auto operand = h_states_[for_backward_ ? t : t % 2];  // [x_t | h_{t-1}]
     if (!for_backward_) operand.narrow(1, 0, I).copy_(x_[t]);  // kept for a backward: all copied at the start
-    return bias_.defined() ? recurrent_gemm_->mm_bias(bias_, operand, recurrent_out_)
-                           : recurrent_gemm_->mm(operand, recurrent_out_);
+    return recurrent_gemm_->mm(operand, recurrent_out_);
   }
 
   StepRows<S> step_rows(int64_t t, const at::Tensor& recurrent, const at::Tensor& prev_peepholes,
                         const at::Tensor& c_prev) const {
     const int64_t row = t * slot_;  // step t's row of the saved gates/cells; 0 without a backward
-    return {input_fused_ ? zero_input_row_.data_ptr<S>() : xz_.data_ptr<S>() + t * B * GH,
+    return {input_fused_ ? fused_input_row_.data_ptr<S>() : xz_.data_ptr<S>() + t * B * GH,
             input_fused_ ? 0 : GH,
             recurrent.data_ptr<S>(),
             prev_peepholes.defined() ? prev_peepholes.data_ptr<S>() : nullptr,
@@ -356,7 +357,7 @@ class SequenceForward {
   at::Tensor out_;
   std::optional<StepGemm> recurrent_gemm_, prev_peephole_gemm_, o_peephole_gemm_;
   at::Tensor recurrent_out_, prev_peephole_out_, o_peephole_out_;
-  at::Tensor zero_input_row_, c_new_, c_pre_clip_scratch_, cell_out_scratch_, h_new_, ones_, zeros_;
+  at::Tensor fused_input_row_, c_new_, c_pre_clip_scratch_, cell_out_scratch_, h_new_, ones_, zeros_;
   StandIns<S> stand_in_{};
 };
 

@@ -189,15 +189,6 @@ at::Tensor StepGemm::addmm(const at::Tensor& other, const at::Tensor& a, at::Ten
   return onednn_ops()->linear_add.call(a, other, onednn_packed_, std::nullopt, "add");
 }
 
-at::Tensor StepGemm::mm_bias(const at::Tensor& bias, const at::Tensor& a, at::Tensor& out) const {
-  if (onednn())
-    return onednn_ops()->linear.call(a, onednn_packed_, bias, "none", c10::List<std::optional<at::Scalar>>(),
-                                     std::nullopt);
-  if (!brgemm_weight_t_.defined() && !tiled_weight_t_.defined()) return at::addmm_out(out, bias, a, weight_t_);
-  out.copy_(bias.expand_as(out));
-  return addmm(out, a, out);
-}
-
 at::Tensor StepGemm::tiled(const at::Tensor& a, const at::Tensor* other, at::Tensor& out) const {
   TORCH_INTERNAL_ASSERT(a.stride(1) == 1 && out.is_contiguous() && (!other || other->is_contiguous()));
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, a.scalar_type(), "fused_lstm_tiled_gemm",

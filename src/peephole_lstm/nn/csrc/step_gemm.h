@@ -21,8 +21,6 @@ class StepGemm {
   at::Tensor mm(const at::Tensor& a, at::Tensor& out) const;
   // other + a @ W^T (`other` may be `out`).
   at::Tensor addmm(const at::Tensor& other, const at::Tensor& a, at::Tensor& out) const;
-  // bias (N,) + a @ W^T.
-  at::Tensor mm_bias(const at::Tensor& bias, const at::Tensor& a, at::Tensor& out) const;
 
  private:
   bool onednn() const { return onednn_packed_.defined(); }
