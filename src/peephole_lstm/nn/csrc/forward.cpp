@@ -172,7 +172,8 @@ class SequenceForward {
  public:
   SequenceForward(const CellLayout& layout, const at::Tensor& xz, const at::Tensor& h0, const at::Tensor& c0,
                   const at::Tensor& w_hh, const at::Tensor& w_ch, const at::Tensor& w_hr, const at::Tensor& lengths,
-                  bool for_backward, const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& bias)
+                  bool for_backward, const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& bias,
+                  const at::Tensor& out = at::Tensor())
       : layout_(layout),
         xz_(xz),
         h0_(h0),
@@ -200,7 +201,8 @@ class SequenceForward {
       allocate_saved_steps();
     else
       allocate_rolling_steps();
-    out_ = at::empty({T, B, P}, options_);  // its own storage: the caller may modify it in place
+    // Its own storage (the caller may modify it in place), or the caller's view of rows of a bigger one.
+    out_ = out.defined() ? out : at::empty({T, B, P}, options_);
     allocate_step_buffers(w_hh, w_ch, w_ih);
   }
 
@@ -298,7 +300,13 @@ class SequenceForward {
   at::Tensor recurrent_gemm(int64_t t, const at::Tensor& h_prev) {
     if (!input_fused_) return recurrent_gemm_->mm(h_prev, recurrent_out_);
     auto operand = h_states_[for_backward_ ? t : t % 2];  // [x_t | h_{t-1}]
-    if (!for_backward_) operand.narrow(1, 0, I).copy_(x_[t]);  // kept for a backward: all copied at the start
+    if (!for_backward_) {  // (kept for a backward, all steps' x were copied at the start)
+      // Row by row: x is a block of rows of the caller's x, and a tensor copy_ of these few elements
+      // costs more in dispatch than in copying.
+      const S* x_t = x_.data_ptr<S>() + t * x_.stride(0);
+      S* rows = operand.data_ptr<S>();
+      for (int64_t b = 0; b < B; ++b) std::copy(x_t + b * x_.stride(1), x_t + b * x_.stride(1) + I, rows + b * (I + P));
+    }
     return recurrent_gemm_->mm(operand, recurrent_out_);
   }
 
@@ -332,7 +340,7 @@ class SequenceForward {
   CarryRows<S> carry_rows(int64_t t, const at::Tensor& h_prev, const at::Tensor& c_prev) const {
     const at::Tensor h_next = h_state(t + 1), c_next = c_state(t + 1);
     return {h_new_.data_ptr<S>(), h_prev.data_ptr<S>(), c_new_.data_ptr<S>(), c_prev.data_ptr<S>(),
-            h_next.data_ptr<S>(), c_next.data_ptr<S>(), out_.data_ptr<S>() + t * B * P};
+            h_next.data_ptr<S>(), c_next.data_ptr<S>(), out_.data_ptr<S>() + t * out_.stride(0)};
   }
 
   void carry_row(const CarryRows<S>& rows, int64_t t, int64_t b) const {
@@ -387,6 +395,8 @@ std::vector<at::Tensor> lstm_forward(const CellLayout& layout, const at::Tensor&
       return;
     }
     std::vector<std::vector<at::Tensor>> parts(blocks);
+    // Each block writes its rows of one output (a concatenation after would copy all of it).
+    const at::Tensor out = at::empty({x.defined() ? x.size(0) : xz.size(0), B, h0.size(1)}, h0.options());
     at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
       // Grad mode is per thread and the pool's threads do not inherit the caller's no_grad: without this
       // the projection's mm(out=) refuses a weight that requires grad.
@@ -397,17 +407,16 @@ std::vector<at::Tensor> lstm_forward(const CellLayout& layout, const at::Tensor&
         // The kernel addresses xz's steps by B * GH: its block must be contiguous (x is read through views).
         const at::Tensor xz_block = xz.defined() && !x.defined() ? block(xz, 1).contiguous() : xz;
         parts[k] = SequenceForward<scalar_t>(layout, xz_block, block(h0, 0), block(c0, 0), w_hh, w_ch, w_hr,
-                                             block(lengths, 0), false, block(x, 1), w_ih, bias)
+                                             block(lengths, 0), false, block(x, 1), w_ih, bias, block(out, 1))
                        .run();
       }
     });
-    std::vector<at::Tensor> outs, hs, cs;
+    std::vector<at::Tensor> hs, cs;
     for (const auto& part : parts) {
-      outs.push_back(part[0]);
       hs.push_back(part[1]);
       cs.push_back(part[2]);
     }
-    results = {at::cat(outs, 1), at::cat(hs, 0), at::cat(cs, 0)};
+    results = {out, at::cat(hs, 0), at::cat(cs, 0)};
   });
   return results;
 }
