@@ -1,5 +1,5 @@
-"""W&B mode selection (offline without credentials, online with them, WANDB_MODE and the config win) and
-the offline run reader on real W&B runs."""
+"""W&B mode selection (offline without credentials, online with them, WANDB_MODE and the config win),
+the offline run reader on real W&B runs, and the CSV logger that a killed run cannot empty."""
 from __future__ import annotations
 
 import pytest
@@ -71,3 +71,38 @@ def test_offline_run_reader_rejects_other_files(tmp_path):
     (tmp_path / "run-x.wandb").write_bytes(b"not a wandb file")
     with pytest.raises(ValueError, match="is not a W&B run file"):
         list(records(tmp_path / "run-x.wandb"))
+
+
+def test_csv_logger_keeps_its_rows_when_a_rewrite_for_new_columns_dies(tmp_path, monkeypatch):
+    """The first training row adds columns to metrics.csv, and Lightning then rewrites the whole file; a
+    process killed during that rewrite (here: dying in the middle of writing the rows) must leave the
+    rows it had, as a resume from last.ckpt only logs the epochs after the checkpoint again."""
+    import csv
+    from pathlib import Path
+
+    from peephole_lstm.training.loggers import CSVLogger
+
+    logger = CSVLogger(tmp_path, name="csv", version="")
+    logger.log_metrics({"val/loss": 0.5, "epoch": 0}, step=21)
+    logger.save()
+    path = Path(logger.experiment.metrics_file_path)
+    before = path.read_text()
+    assert "val/loss" in before
+
+    def killed(self, rows):
+        raise KeyboardInterrupt("killed during the rewrite")
+
+    monkeypatch.setattr(csv.DictWriter, "writerows", killed)
+    logger.log_metrics({"train/loss": 0.7, "epoch": 0}, step=21)
+    with pytest.raises(KeyboardInterrupt):
+        logger.save()
+    assert path.read_text() == before
+    monkeypatch.undo()
+    # Uninterrupted, the rewrite gives both rows under the new header.
+    fresh = CSVLogger(tmp_path / "fresh", name="csv", version="")
+    fresh.log_metrics({"val/loss": 0.5, "epoch": 0}, step=21)
+    fresh.save()
+    fresh.log_metrics({"train/loss": 0.7, "epoch": 0}, step=21)
+    fresh.save()
+    rows = list(csv.DictReader(Path(fresh.experiment.metrics_file_path).open()))
+    assert [(r["val/loss"], r["train/loss"]) for r in rows] == [("0.5", ""), ("", "0.7")]

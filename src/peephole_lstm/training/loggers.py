@@ -1,10 +1,12 @@
-"""Logger construction, the W&B run lifecycle and TensorBoard as an offline dashboard.
+"""Logger construction, the W&B run lifecycle, TensorBoard as an offline dashboard, and a CSV logger
+that a killed run cannot empty.
 
 W&B runs offline unless the user has credentials, so a fresh machine never blocks on a login prompt
 or the network; every job ends its run with `finish_wandb`, so no state leaks into the next multirun job.
 """
 from __future__ import annotations
 
+import csv
 import math
 import netrc
 import os
@@ -15,6 +17,8 @@ from urllib.parse import urlparse
 
 from lightning.pytorch import loggers as pl_loggers
 from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
 WANDB_MODES = ("online", "offline", "disabled")
@@ -219,6 +223,36 @@ class TensorBoardLogger(pl_loggers.TensorBoardLogger):
         rgb = (np.clip(pixels[..., :3], 0.0, 1.0) * 255).round().astype(np.uint8)
         self.experiment.add_image(key, rgb, step, dataformats="HWC")
         self.experiment.flush()
+
+
+class _AtomicCSVWriter(ExperimentWriter):
+    """Lightning's metrics.csv writer, except that a rewrite goes through a temporary file and a rename.
+    When a row brings new columns (every run's first training row, right after epoch 0's validation row
+    and just after last.ckpt is saved) Lightning rewrites the whole file in place: truncate, then write.
+    A run killed in between (SIGKILL, a preempted job) lost every row it had logged, which a resume
+    from last.ckpt cannot log again."""
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+            rows = list(csv.DictReader(file))
+        partial = self.metrics_file_path + ".tmp"
+        with self._fs.open(partial, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(rows)
+        self._fs.mv(partial, self.metrics_file_path)  # a rename on a local disk: the old file or the new one
+
+
+class CSVLogger(pl_loggers.CSVLogger):
+    """Lightning's CSVLogger (conf/logger/csv.yaml) with `_AtomicCSVWriter`."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AtomicCSVWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 def close_loggers(loggers: Sequence[Logger]) -> None:
