@@ -148,23 +148,32 @@ int64_t exchange(int64_t& threshold, int64_t macs) {
 
 }  // namespace
 
-StepGemm::StepGemm(const at::Tensor& weight, int64_t rows, int64_t steps) : weight_t_(weight.t()) {
-  // brgemm and the tiled GEMM read W^T contiguous, a copy per sequence (none when the caller built
-  // it so): worth it only over several rows.
-  const int64_t macs = rows * weight.size(0) * weight.size(1);
+StepGemm::Kind StepGemm::kind(at::ScalarType dtype, int64_t rows, int64_t N, int64_t K, int64_t steps) {
+  // brgemm and the tiled GEMM read W^T contiguous, a copy per sequence (none when the caller built it
+  // so): worth it only over several rows.
+  const int64_t macs = rows * N * K;
   const bool reused = rows * steps >= 8;
-  if (weight.scalar_type() == at::kFloat && macs <= brgemm_max_macs && reused) {
-    brgemm_weight_t_ = weight_t_.contiguous();
-    return;
+  if (dtype == at::kFloat && macs <= brgemm_max_macs && reused) return Kind::brgemm;
+  if (macs <= tiled_max_macs && reused) return Kind::tiled;
+  if (dtype != at::kFloat || macs < onednn_min_macs || !at::globalContext().userEnabledMkldnn() || !onednn_ops())
+    return Kind::mkl;
+  return Kind::onednn;
+}
+
+StepGemm::StepGemm(const at::Tensor& weight, int64_t rows, int64_t steps) : weight_t_(weight.t()) {
+  switch (kind(weight.scalar_type(), rows, weight.size(0), weight.size(1), steps)) {
+    case Kind::brgemm:
+      brgemm_weight_t_ = weight_t_.contiguous();
+      break;
+    case Kind::tiled:
+      tiled_weight_t_ = weight_t_.contiguous();
+      break;
+    case Kind::onednn:
+      onednn_packed_ = onednn_ops()->reorder.call(weight.contiguous(), rows);
+      break;
+    case Kind::mkl:
+      break;
   }
-  if (macs <= tiled_max_macs && reused) {
-    tiled_weight_t_ = weight_t_.contiguous();
-    return;
-  }
-  if (weight.scalar_type() != at::kFloat || macs < onednn_min_macs || !at::globalContext().userEnabledMkldnn() ||
-      !onednn_ops())
-    return;
-  onednn_packed_ = onednn_ops()->reorder.call(weight.contiguous(), rows);
 }
 
 at::Tensor StepGemm::mm(const at::Tensor& a, at::Tensor& out) const {

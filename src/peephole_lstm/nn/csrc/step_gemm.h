@@ -16,6 +16,12 @@ class StepGemm {
   // `rows` of `a` in each of `steps` calls.
   StepGemm(const at::Tensor& weight, int64_t rows, int64_t steps);
 
+  // Which of them runs `rows` x (N, K) weight in each of `steps` calls; brgemm and the tiled GEMM read
+  // W^T (K, N) contiguous, the others W (N, K): a caller that builds W can build it that way (a W given
+  // the other way round is copied once).
+  enum class Kind { brgemm, tiled, onednn, mkl };
+  static Kind kind(at::ScalarType dtype, int64_t rows, int64_t N, int64_t K, int64_t steps);
+
   // Each returns its result: written into `out`, or a fresh tensor from oneDNN's matmul.
   // a @ W^T.
   at::Tensor mm(const at::Tensor& a, at::Tensor& out) const;
