@@ -124,6 +124,16 @@ void diagonal_peephole_terms(int64_t H, A clip, bool o_current, const S* __restr
   }
 }
 
+// out[j] = sum over the threads k of sums[k * stride + j], j < n: per-thread sums added up.
+template <typename S, typename A>
+void add_up_threads(const A* sums, int64_t stride, int64_t threads, int64_t n, S* out) {
+  for (int64_t j = 0; j < n; ++j) {
+    A sum = 0;
+    for (int64_t k = 0; k < threads; ++k) sum += sums[k * stride + j];
+    out[j] = sum;
+  }
+}
+
 template <typename S>
 class SequenceBackward {
   using A = at::opmath_type<S>;
@@ -329,7 +339,6 @@ class SequenceBackward {
     std::swap(d_c_, d_c_prev_);
   }
 
-  // One GEMM (or reduction) over all T*B rows each: (dW_hh, dW_ch, dW_hr).
   // One GEMM (or reduction) over all T*B rows each: (dW_ih, dW_hh, dW_ch, dW_hr). With the input
   // projection fused, the saved rows [x_t | h_{t-1}] give dW_ih and dW_hh as one GEMM (else no dW_ih).
   std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> weight_gradients() {
@@ -347,12 +356,7 @@ class SequenceBackward {
   at::Tensor bias_gradient() const {
     if (bias_sums_.empty()) return at::Tensor();
     auto db = at::empty({GH}, options_);
-    S* out = db.data_ptr<S>();
-    for (int64_t j = 0; j < GH; ++j) {
-      A sum = 0;
-      for (int64_t k = 0; k < threads_; ++k) sum += bias_sums_[k * GH + j];
-      out[j] = sum;
-    }
+    add_up_threads<S, A>(bias_sums_.data(), GH, threads_, GH, db.data_ptr<S>());
     return db;
   }
 
@@ -378,12 +382,7 @@ class SequenceBackward {
   at::Tensor diagonal_peephole_gradients() const {
     auto dw_ch = at::zeros_like(w_ch_);
     auto gradient = [&](int64_t row, int64_t gate) {
-      S* dw = dw_ch[row].data_ptr<S>();
-      for (int64_t j = 0; j < H; ++j) {
-        A sum = 0;
-        for (int64_t k = 0; k < threads_; ++k) sum += diagonal_sums_[(k * 3 + gate) * H + j];
-        dw[j] = sum;
-      }
+      add_up_threads<S, A>(diagonal_sums_.data() + gate * H, 3 * H, threads_, H, dw_ch[row].data_ptr<S>());
     };
     if (layout_.block_i >= 0 && layout_.peephole_i >= 0) gradient(layout_.peephole_i, 0);
     if (layout_.block_f >= 0 && layout_.peephole_f >= 0) gradient(layout_.peephole_f, 1);
