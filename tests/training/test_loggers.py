@@ -2,9 +2,12 @@
 the offline run reader on real W&B runs, and the CSV logger that a killed run cannot empty."""
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
 import pytest
 
-from peephole_lstm.training.loggers import resolve_wandb_mode, wandb_has_credentials
+from peephole_lstm.training.loggers import CSVLogger, resolve_wandb_mode, wandb_has_credentials
 
 
 @pytest.fixture
@@ -77,11 +80,6 @@ def test_csv_logger_keeps_its_rows_when_a_rewrite_for_new_columns_dies(tmp_path,
     """The first training row adds columns to metrics.csv, and Lightning then rewrites the whole file; a
     process killed during that rewrite (here: dying in the middle of writing the rows) must leave the
     rows it had, as a resume from last.ckpt only logs the epochs after the checkpoint again."""
-    import csv
-    from pathlib import Path
-
-    from peephole_lstm.training.loggers import CSVLogger
-
     logger = CSVLogger(tmp_path, name="csv", version="")
     logger.log_metrics({"val/loss": 0.5, "epoch": 0}, step=21)
     logger.save()

@@ -182,11 +182,14 @@ def inference(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout, 
     return run(xz, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout, needs_grad=False)
 
 
-def projected_inference(x, w_ih, bias, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout):
-    """`inference` from the layer input x (T, B, I) on the C++ kernel, which adds the input projection to
-    each step's recurrent GEMM, so the (T, B, G*H) projection is never stored."""
+def projected_forward(x, w_ih, bias, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout,
+                      needs_grad: bool = False):
+    """The C++ kernel's forward from the layer input x (T, B, I): it adds the input projection to each
+    step's recurrent GEMM, so the (T, B, G*H) projection is never stored. Without needs_grad as
+    `inference`: (out, h_T, c_T); with it (out, xh, cs, acts, cn, rs) for its backward, xh (T+1, B, I + P)
+    holding the GEMM's rows [x_t | h_{t-1}] (ops._ProjectedSequence)."""
     return _fused_cpu.forward(None, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout,
-                              needs_grad=False, x=x, w_ih=w_ih, bias=bias)
+                              needs_grad=needs_grad, x=x, w_ih=w_ih, bias=bias)
 
 
 def batched(*grads) -> bool:

@@ -49,7 +49,7 @@ def fused_layer(
     `input_weights` are the layer's INPUT_WEIGHTS. On the C++ kernel (outside tracers and autocast) the
     kernel adds the projection to each step's recurrent GEMM instead, so the (T, B, G*H) projection is
     never stored (from 8 rows over all steps on: below that the concatenated weight it builds costs
-    more): without a gradient to compute as fused.projected_inference, else through _ProjectedSequence."""
+    more): fused.projected_forward, through _ProjectedSequence when there is a gradient to compute."""
     w_ih, b_ih, b_hh = input_weights[:3]
     w_hh, w_ch, _, w_hr = weights[:4]
     if (fused._resolve(kernel, x) == "fused-cpp" and x.shape[0] * x.shape[1] >= 8 and not _tracing()
@@ -58,8 +58,8 @@ def fused_layer(
             lengths = lengths.to(dtype=torch.int64)
         if _needs_grad(x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_ch, w_hr):
             return _ProjectedSequence.apply(x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_ch, w_hr, lengths, *fused.config(opts))
-        return fused.projected_inference(x, w_ih, _bias(b_ih, b_hh), h0, c0, w_hh, w_ch, w_hr, lengths,
-                                         *fused.config(opts))
+        return fused.projected_forward(x, w_ih, _bias(b_ih, b_hh), h0, c0, w_hh, w_ch, w_hr, lengths,
+                                       *fused.config(opts))
     return fused_sequence(input_projection(x, *input_weights), h0, c0, lengths, weights, opts, kernel)
 
 
@@ -240,9 +240,8 @@ class _ProjectedSequence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip, zoneout):
-        out, xh, cs, acts, cn, rs = fused._fused_cpu.forward(None, h0, c0, w_hh, w_ch, w_hr, lengths, idx, flags, clip,
-                                                             zoneout, needs_grad=True, x=x, w_ih=w_ih,
-                                                             bias=_bias(b_ih, b_hh))
+        out, xh, cs, acts, cn, rs = fused.projected_forward(x, w_ih, _bias(b_ih, b_hh), h0, c0, w_hh, w_ch, w_hr,
+                                                            lengths, idx, flags, clip, zoneout, needs_grad=True)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(xh, cs, acts, cn, rs, x, w_ih, b_ih, b_hh, h0, c0, w_hh, w_ch, w_hr, lengths)
         ctx.config = (list(idx), list(flags), clip, zoneout)
