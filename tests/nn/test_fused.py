@@ -17,8 +17,8 @@ from peephole_lstm.nn import fused
 from peephole_lstm.nn.layer import _step_function
 from tests.nn.helpers import gradients, make_lstm
 
-# The C++ kernel picks per GEMM by size: oneDNN's brgemm (float32 up to 8M multiply-adds), its own tiled
-# GEMM (other dtypes up to 8M), oneDNN's matmul (bigger, float32) or MKL's at::mm (the rest).
+# The C++ kernel picks per GEMM by size: oneDNN's brgemm (float32 up to depth K = 2048), its own tiled
+# GEMM (other dtypes up to 8M multiply-adds), oneDNN's matmul (deeper, float32) or MKL's at::mm (the rest).
 # "cpp-<gemm>" forces one of them for every size; "cpp" is its default choice.
 KERNELS = ["torch"] + (["cpp", "cpp-tiled", "cpp-mkl"] if fused.extension_available() else [])
 DEFAULT_KERNEL = "cpp" if fused.extension_available() else "torch"  # what a CPU tensor runs
@@ -27,7 +27,7 @@ LANE_KERNELS = [k if k in ("torch", DEFAULT_KERNEL) else pytest.param(k, marks=p
 NEEDS_ONEDNN = pytest.mark.skipif(not fused.extension_available() or not torch.backends.mkldnn.is_available(),
                                   reason="needs the C++ kernel and a torch built with oneDNN")
 BIG = 1 << 62
-GEMM_THRESHOLDS = {  # (brgemm_max_macs, tiled_max_macs, onednn_min_macs)
+GEMM_THRESHOLDS = {  # (brgemm_max_depth, tiled_max_macs, onednn_min_macs)
     "cpp": None, "cpp-brgemm": (BIG, -1, BIG), "cpp-tiled": (-1, BIG, BIG), "cpp-mkl": (-1, -1, BIG),
     "cpp-onednn": (-1, -1, 0),
 }
@@ -71,7 +71,7 @@ def kernel_option_cases():
 def kernel(name: str):
     previous = fused.set_extension_enabled(name.startswith("cpp"))
     thresholds = GEMM_THRESHOLDS.get(name)
-    setters = (fused._fused_cpu.set_brgemm_max_macs, fused._fused_cpu.set_tiled_max_macs,
+    setters = (fused._fused_cpu.set_brgemm_max_depth, fused._fused_cpu.set_tiled_max_macs,
                fused._fused_cpu.set_onednn_min_macs) if thresholds else ()
     saved = [set_(value) for set_, value in zip(setters, thresholds or ())]
     try:
@@ -274,6 +274,21 @@ def test_float32_gemms_match_eager(kwargs, gemm):
         with torch.inference_mode():
             _assert_close(_forward_only(fast, x), _forward_only(slow, x), 2e-5)
             _assert_close(_forward_only(fast, x, lengths), _forward_only(slow, x, lengths), 2e-5)
+
+
+@pytest.mark.skipif(not fused.extension_available(), reason="needs the C++ kernel")
+@pytest.mark.parametrize("kwargs", [dict(peephole="diagonal"), dict(peephole="full", proj_size=7)])
+def test_brgemm_panels_with_a_narrower_last_one(kwargs, all_threads):
+    # brgemm reads W^T in panels of 64 columns: 4H = 80 is one full panel and one of 16 (the full
+    # peepholes' GEMMs and the backward's have N = 40 and 20), and 40 rows of depth 320 are enough
+    # multiply-adds to split the rows between the threads as well.
+    fast = make_lstm(300, 20, seed=3, backend="fused", **kwargs).float()
+    slow = make_lstm(300, 20, seed=3, backend="eager", **kwargs).float()
+    x = torch.randn(5, 40, 300) / 10
+    with kernel("cpp-brgemm"):
+        _assert_close(_run(fast, x), _run(slow, x), 2e-5)
+        with torch.inference_mode():
+            _assert_close(_forward_only(fast, x), _forward_only(slow, x), 2e-5)
 
 
 @NEEDS_ONEDNN

@@ -62,8 +62,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cached_bytes", &cached_bytes, "bytes of big buffers kept for reuse (not in use)");
   m.def("set_tiled_max_macs", &fused_lstm::set_tiled_max_macs,
         "up to how many multiply-adds a per-step GEMM runs on the kernel's own tiled GEMM; returns the previous value");
-  m.def("set_brgemm_max_macs", &fused_lstm::set_brgemm_max_macs,
-        "up to how many multiply-adds a float32 per-step GEMM runs on oneDNN's brgemm; returns the previous value");
+  m.def("set_brgemm_max_depth", &fused_lstm::set_brgemm_max_depth,
+        "up to which depth K a float32 per-step GEMM runs on oneDNN's brgemm; returns the previous value");
   m.def("set_onednn_min_macs", &fused_lstm::set_onednn_min_macs,
         "from how many multiply-adds (B*4H*P) a float32 recurrent GEMM runs on oneDNN; returns the previous value");
   m.def("forward", &forward,

@@ -241,11 +241,11 @@ class SequenceForward {
 
   void allocate_step_buffers(const at::Tensor& w_hh, const at::Tensor& w_ch, const at::Tensor& w_ih) {
     // Fused projection: the weight is [W_ih | W_hh], built in the layout its GEMM reads (transposed for
-    // brgemm and the tiled GEMM), so that it is copied once (at B=64, I=64, H=512 building it transposed
-    // for oneDNN, which then copied it back, cost 5 ms a call against 0.25 ms).
+    // the tiled GEMM), so that it is copied once (at B=64, I=64, H=512 building it transposed for oneDNN,
+    // which then copied it back, cost 5 ms a call against 0.25 ms).
     if (input_fused_) {
       const auto kind = StepGemm::kind(w_hh.scalar_type(), B, GH, I + P, T);
-      const bool transposed = kind == StepGemm::Kind::brgemm || kind == StepGemm::Kind::tiled;
+      const bool transposed = kind == StepGemm::Kind::tiled;
       recurrent_gemm_.emplace(transposed ? at::cat({w_ih.t(), w_hh.t()}, 0).t() : at::cat({w_ih, w_hh}, 1), B, T);
     } else {
       recurrent_gemm_.emplace(w_hh, B, T);

@@ -28,35 +28,51 @@ int64_t tiled_max_macs = int64_t{1} << 23;
 #else
 int64_t tiled_max_macs = -1;
 #endif
-// Float32 GEMMs up to this many multiply-adds run on oneDNN's brgemm micro-kernel (JIT-compiled for
-// the CPU, the kernel family oneDNN's own LSTM uses; torch exports it as at::native::cpublas::brgemm,
-// falling back to MKL where its build lacks it). Measured on one thread of this project's AMD CPU:
-// 64x160 @ 160x512 at 107 GFLOP/s against 70 for the tiled GEMM and 79 for oneDNN's matmul;
-// 64x512 @ 512x128 (the backward's) at 109 against 64. Above it (64x576 @ 576x2048: 77 vs 82 GFLOP/s)
-// the weight no longer fits the L2 cache and oneDNN's matmul on its own packed layout wins.
-int64_t brgemm_max_macs = int64_t{1} << 23;
+// Float32 GEMMs of depth (K) up to this run on oneDNN's brgemm micro-kernel (JIT-compiled for the CPU,
+// the kernel family oneDNN's own LSTM uses; torch exports it as at::native::cpublas::brgemm, falling
+// back to MKL where its build lacks it), whatever their size. On 2 threads of this project's AMD CPU
+// (1 MB L2 a core), steps of (rows x K) @ (K x N) from W^T in panels (below) against oneDNN's matmul:
+// 64x160 @ 160x512 at 222 vs 149 GFLOP/s, 64x576 @ 576x2048 at 222 vs 198, 8x576 @ 576x2048 at 182 vs
+// 111, 64x2048 @ 2048x512 at 227 vs 215; deeper, a K x 64 panel (256 bytes per K) and the rows of `a`
+// no longer share the L2 and oneDNN's matmul, which also blocks K, wins: 2560x2048 at 189 vs 198,
+// 3072x1024 at 174 vs 209.
+int64_t brgemm_max_depth = 2048;
 
-// out (M, N) = (out +) a (M, K) @ wt (K, N) on the brgemm micro-kernel; a's rows may be strided, wt
-// and out are contiguous. The micro-kernel is single-threaded: the threads take column blocks (and
-// row blocks when there are too few columns to keep them busy).
-void brgemm_mm(const at::Tensor& a, const at::Tensor& wt, at::Tensor& out, bool add) {
-  const int64_t M = a.size(0), K = a.size(1), N = wt.size(1), lda = a.stride(0);
+// brgemm's weight: W^T cut into panels of this many columns, each K x 64 contiguous (the last one narrower
+// when N is not a multiple), so a call's whole B operand is one dense block that the micro-kernel streams
+// and the L2 cache keeps. 64 is four AVX-512 vectors, the width oneDNN's own LSTM blocks its weights by.
+// On 2 threads of this project's AMD CPU, 200 steps of 64x576 @ 576x2048 took 136 ms from panels against
+// 143-145 ms from W^T contiguous (the same micro-kernel) and 150 ms on oneDNN's matmul.
+constexpr int64_t panel_cols = 64;
+
+// W (N, K) -> its panels, (N, K) numbers laid out panel after panel.
+at::Tensor cut_into_panels(const at::Tensor& weight) {
+  const int64_t N = weight.size(0), K = weight.size(1), full = N / panel_cols * panel_cols;
+  const at::Tensor head = weight.narrow(0, 0, full).reshape({full / panel_cols, panel_cols, K}).transpose(1, 2);
+  if (full == N) return head.contiguous();
+  return at::cat({head.reshape(-1), weight.narrow(0, full, N - full).t().reshape(-1)});
+}
+
+// out (M, N) = (out +) a (M, K) @ W^T on the brgemm micro-kernel, W^T from `panels`; a's rows may be
+// strided, out is contiguous. The micro-kernel is single-threaded: the threads take panels (and row
+// blocks when there are too few panels to keep them busy).
+void brgemm_mm(const at::Tensor& a, const at::Tensor& panels, at::Tensor& out, bool add) {
+  const int64_t M = a.size(0), K = a.size(1), N = out.size(1), lda = a.stride(0);
   const float* a_ptr = a.data_ptr<float>();
-  const float* wt_ptr = wt.data_ptr<float>();
+  const float* panels_ptr = panels.data_ptr<float>();
   float* out_ptr = out.data_ptr<float>();
   const int64_t threads = (M * N * K >= (int64_t{1} << 17)) ? at::get_num_threads() : 1;
-  const int64_t block_cols = N >= 128 * 2 * threads ? 128 : 64;
-  const int64_t col_blocks = (N + block_cols - 1) / block_cols;
+  const int64_t col_blocks = (N + panel_cols - 1) / panel_cols;
   const int64_t row_blocks =
       std::max<int64_t>(1, std::min((2 * threads + col_blocks - 1) / col_blocks, M / 16));
   const int64_t block_rows = (M + row_blocks - 1) / row_blocks;
   at::parallel_for(0, col_blocks * row_blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t block = begin; block < end; ++block) {
-      const int64_t n0 = (block % col_blocks) * block_cols, m0 = (block / col_blocks) * block_rows;
-      const int64_t n = std::min(block_cols, N - n0), m = std::min(block_rows, M - m0);
+      const int64_t n0 = (block % col_blocks) * panel_cols, m0 = (block / col_blocks) * block_rows;
+      const int64_t n = std::min(panel_cols, N - n0), m = std::min(block_rows, M - m0);
       if (m > 0)
-        at::native::cpublas::brgemm(m, n, K, lda, N, N, add, a_ptr + m0 * lda, wt_ptr + n0, out_ptr + m0 * N + n0,
-                                    false);
+        at::native::cpublas::brgemm(m, n, K, lda, n, N, add, a_ptr + m0 * lda, panels_ptr + n0 * K,
+                                    out_ptr + m0 * N + n0, false);
     }
   });
 }
@@ -153,7 +169,7 @@ StepGemm::Kind StepGemm::kind(at::ScalarType dtype, int64_t rows, int64_t N, int
   // so): worth it only over several rows.
   const int64_t macs = rows * N * K;
   const bool reused = rows * steps >= 8;
-  if (dtype == at::kFloat && macs <= brgemm_max_macs && reused) return Kind::brgemm;
+  if (dtype == at::kFloat && K <= brgemm_max_depth && reused) return Kind::brgemm;
   if (macs <= tiled_max_macs && reused) return Kind::tiled;
   if (dtype != at::kFloat || macs < onednn_min_macs || !at::globalContext().userEnabledMkldnn() || !onednn_ops())
     return Kind::mkl;
@@ -163,7 +179,7 @@ StepGemm::Kind StepGemm::kind(at::ScalarType dtype, int64_t rows, int64_t N, int
 StepGemm::StepGemm(const at::Tensor& weight, int64_t rows, int64_t steps) : weight_t_(weight.t()) {
   switch (kind(weight.scalar_type(), rows, weight.size(0), weight.size(1), steps)) {
     case Kind::brgemm:
-      brgemm_weight_t_ = weight_t_.contiguous();
+      brgemm_panels_ = cut_into_panels(weight);
       break;
     case Kind::tiled:
       tiled_weight_t_ = weight_t_.contiguous();
@@ -177,8 +193,8 @@ StepGemm::StepGemm(const at::Tensor& weight, int64_t rows, int64_t steps) : weig
 }
 
 at::Tensor StepGemm::mm(const at::Tensor& a, at::Tensor& out) const {
-  if (brgemm_weight_t_.defined()) {
-    brgemm_mm(a, brgemm_weight_t_, out, false);
+  if (brgemm_panels_.defined()) {
+    brgemm_mm(a, brgemm_panels_, out, false);
     return out;
   }
   if (tiled_weight_t_.defined()) return tiled(a, nullptr, out);
@@ -188,9 +204,9 @@ at::Tensor StepGemm::mm(const at::Tensor& a, at::Tensor& out) const {
 }
 
 at::Tensor StepGemm::addmm(const at::Tensor& other, const at::Tensor& a, at::Tensor& out) const {
-  if (brgemm_weight_t_.defined()) {
+  if (brgemm_panels_.defined()) {
     if (!other.is_same(out)) out.copy_(other);
-    brgemm_mm(a, brgemm_weight_t_, out, true);
+    brgemm_mm(a, brgemm_panels_, out, true);
     return out;
   }
   if (tiled_weight_t_.defined()) return tiled(a, &other, out);
@@ -206,7 +222,7 @@ at::Tensor StepGemm::tiled(const at::Tensor& a, const at::Tensor* other, at::Ten
 }
 
 int64_t set_tiled_max_macs(int64_t macs) { return exchange(tiled_max_macs, macs); }
-int64_t set_brgemm_max_macs(int64_t macs) { return exchange(brgemm_max_macs, macs); }
+int64_t set_brgemm_max_depth(int64_t depth) { return exchange(brgemm_max_depth, depth); }
 int64_t set_onednn_min_macs(int64_t macs) { return exchange(onednn_min_macs, macs); }
 
 }  // namespace fused_lstm

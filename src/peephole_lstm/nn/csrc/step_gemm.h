@@ -8,17 +8,18 @@
 
 namespace fused_lstm {
 
-// a @ W^T for a weight W (N, K) fixed over a sequence, on one of: oneDNN's brgemm micro-kernel
-// (float32, small and medium), the register-tiled GEMM (other dtypes, small and medium, AVX-512 builds),
-// oneDNN's matmul on W reordered once (float32, large), MKL's at::mm (everything else).
+// a @ W^T for a weight W (N, K) fixed over a sequence, on one of: oneDNN's brgemm micro-kernel on W^T
+// cut into column panels once (float32 up to depth K = 2048), the register-tiled GEMM (other dtypes,
+// small and medium, AVX-512 builds), oneDNN's matmul on W reordered once (float32, deeper and large),
+// MKL's at::mm (everything else).
 class StepGemm {
  public:
   // `rows` of `a` in each of `steps` calls.
   StepGemm(const at::Tensor& weight, int64_t rows, int64_t steps);
 
-  // Which of them runs `rows` x (N, K) weight in each of `steps` calls; brgemm and the tiled GEMM read
-  // W^T (K, N) contiguous, the others W (N, K): a caller that builds W can build it that way (a W given
-  // the other way round is copied once).
+  // Which of them runs `rows` x (N, K) weight in each of `steps` calls; the tiled GEMM reads W^T (K, N)
+  // contiguous, the others W (N, K) or their own copy of it: a caller that builds W can build it that
+  // way (a W given the other way round is copied once).
   enum class Kind { brgemm, tiled, onednn, mkl };
   static Kind kind(at::ScalarType dtype, int64_t rows, int64_t N, int64_t K, int64_t steps);
 
@@ -33,15 +34,15 @@ class StepGemm {
   at::Tensor tiled(const at::Tensor& a, const at::Tensor* other, at::Tensor& out) const;
 
   at::Tensor weight_t_;         // W^T (K, N), a view, for MKL
-  at::Tensor brgemm_weight_t_;  // W^T contiguous, when brgemm runs the GEMM
+  at::Tensor brgemm_panels_;    // W^T in column panels, when brgemm runs the GEMM
   at::Tensor tiled_weight_t_;   // W^T contiguous, when the tiled GEMM runs it
   at::Tensor onednn_packed_;    // W in oneDNN's blocked layout, when its matmul runs it
 };
 
-// The size thresholds of that choice, in multiply-adds per call (rows * N * K); each setter returns the
-// previous value. For tests, which force every path against the eager loop.
+// The thresholds of that choice, in multiply-adds per call (rows * N * K) or depth (K); each setter
+// returns the previous value. For tests, which force every path against the eager loop.
 int64_t set_tiled_max_macs(int64_t macs);
-int64_t set_brgemm_max_macs(int64_t macs);
+int64_t set_brgemm_max_depth(int64_t depth);
 int64_t set_onednn_min_macs(int64_t macs);
 
 }  // namespace fused_lstm
