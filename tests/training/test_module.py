@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests.helpers.configs import compose_config
 from peephole_lstm import PeepholeLSTM
@@ -220,6 +221,39 @@ def test_multilabel_head_loss_and_refused_bidirectional():
     torch.testing.assert_close(m.training_step((x, TARGET), 0), masked_bce_with_logits(logits, TARGET))
     with pytest.raises(ModelConfigError, match="bidirectional=true would let a multilabel model see the next frame"):
         SequenceModel(spec("multilabel", input_size=2, output_size=2), model_cfg(bidirectional=True))
+
+
+class _HostReads(TorchDispatchMode):
+    """Records the ops that make the host wait for a GPU: reading a value back (.item(), int(),
+    bool(tensor)) and boolean indexing (nonzero: the result's size is data)."""
+
+    WAITS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
+             torch.ops.aten.masked_select.default}
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in self.WAITS:
+            self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("task", ["multilabel", "forecast", "classify"])
+def test_training_and_validation_steps_never_wait_for_the_device(task):
+    # On a GPU each such read stalls the host once a step; here the ops that would are recorded on CPU.
+    torch.manual_seed(0)
+    m = SequenceModel(spec(task, input_size=2, output_size=2), model_cfg())
+    m.log = m.log_dict = lambda *a, **k: None  # Lightning's logging is its own; this checks the model's step
+    x = torch.zeros(2, 3, 2)
+    y = {"multilabel": TARGET, "forecast": torch.randn(2, 1, 2), "classify": torch.tensor([0, 1])}[task]
+    with _HostReads() as reads:
+        m.training_step((x, y), 0).backward()
+        m.validation_step((x, y), 0)
+    assert reads.seen == []
+    # and the epoch's loss is the mean over the frames (multilabel) or sequences
+    assert m.loss_means["train_loss"].compute().item() == pytest.approx(m.loss_means["val_loss"].compute().item())
 
 
 @pytest.mark.parametrize("arch", ["peephole", "gru"])

@@ -87,8 +87,14 @@ def valid_frames(target: Tensor) -> Tensor:
 def masked_bce_with_logits(logits: Tensor, target: Tensor) -> Tensor:
     """Binary cross-entropy of independent Bernoullis with these logits, in nats, averaged over every output
     of every real frame (padded frames left out): the multilabel training loss, = FrameNLL / K."""
-    mask = valid_frames(target)
-    return torch.nn.functional.binary_cross_entropy_with_logits(logits[mask], target[mask])
+    return _masked_bce_sum(logits, target) / (valid_frames(target).sum() * target.shape[-1]).clamp_min(1)
+
+
+def _masked_bce_sum(logits: Tensor, target: Tensor) -> Tensor:
+    """The Bernoulli NLL summed over the outputs of the real frames. Padded frames are multiplied by zero,
+    not indexed out: a boolean index waits for the GPU every step to learn the result's size."""
+    nats = torch.nn.functional.binary_cross_entropy_with_logits(logits, target.clamp_min(0), reduction="none")
+    return (nats * valid_frames(target).unsqueeze(-1)).sum()
 
 
 class FrameNLL(_MeanNats):
@@ -107,10 +113,8 @@ class FrameNLL(_MeanNats):
         """logits and target (B, T, K); target in {0, 1}, or PAD_TARGET on every output of a padded frame."""
         if logits.shape != target.shape:
             raise ValueError(f"FrameNLL: logits {list(logits.shape)} and target {list(target.shape)} differ")
-        mask = valid_frames(target)
-        self.sum_nats += torch.nn.functional.binary_cross_entropy_with_logits(
-            logits.detach()[mask].double(), target[mask].double(), reduction="sum")
-        self.count += mask.sum()  # real frames
+        self.sum_nats += _masked_bce_sum(logits.detach().double(), target.double())
+        self.count += valid_frames(target).sum()  # real frames
 
     def compute(self) -> Tensor:
         return self.mean_nats().float()

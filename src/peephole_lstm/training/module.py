@@ -16,7 +16,7 @@ import hydra.utils
 import lightning.pytorch as pl
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
+from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
@@ -175,6 +175,11 @@ class SequenceModel(pl.LightningModule):
         self._carried: dict[str, Any] = {}
         self.run_config: dict | None = None  # the full resolved config, stored in checkpoints for eval.py
         self.metrics = nn.ModuleDict({stage: self._metrics() for stage in ("val", "test")})
+        # The epoch's loss: the batches' losses weighted by their size (below), summed across DDP ranks by
+        # torchmetrics. No NaN check: it would wait for the GPU every step (a NaN loss shows as NaN).
+        # (Keyed "<stage>_loss": a module may not be named "train".)
+        self.loss_means = nn.ModuleDict({f"{stage}_loss": MeanMetric(nan_strategy="disable")
+                                         for stage in ("train", "val", "test")})
         # Timing tasks also score exact timing; these metrics read the inputs too (where the spikes are).
         timing = spec.get("timing")
         delay = (spec.get("delay_scale", 1.0), spec.get("delay_offset", 0.0))
@@ -234,11 +239,13 @@ class SequenceModel(pl.LightningModule):
             self._carried[stage] = _detach(state)
         loss = task_loss(self.task, pred, y)
         # The epoch's loss is the mean of the batches' weighted by this: for multilabel the real frames (the
-        # loss is a mean over them), which makes it the exact per-key mean over the split's frames.
-        weight = int(valid_frames(y).sum()) if self.task == "multilabel" else x.shape[0]
+        # loss is a mean over them), which makes it the exact per-key mean over the split's frames. A
+        # tensor, so that counting the frames does not wait for the GPU.
+        weight = valid_frames(y).sum() if self.task == "multilabel" else x.shape[0]
+        loss_mean = self.loss_means[f"{stage}_loss"]
+        loss_mean.update(loss.detach(), weight)
         # Epoch means only: logging per step too would rename the metric to train/loss_step / _epoch.
-        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=weight,
-                 sync_dist=True)
+        self.log(f"{stage}/loss", loss_mean, prog_bar=True, on_step=False, on_epoch=True)
         if stage != "train":
             metrics = self.metrics[stage]
             metrics.update(pred, y)
