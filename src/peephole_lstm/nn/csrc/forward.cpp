@@ -11,6 +11,7 @@
 #include <ATen/core/grad_mode.h>
 
 #include <algorithm>
+#include <array>
 #include <limits>
 #include <optional>
 #include <vector>
@@ -165,6 +166,12 @@ void gate_pass_row(const CellLayout& layout, const StepRows<S>& step, const Stan
                     step.cell_out + b * H);
 }
 
+// The recurrent GEMM's weight: W_hh, or [W_ih | W_hh] with the input projection fused, as column pieces.
+std::vector<at::Tensor> recurrent_weight_pieces(const at::Tensor& w_ih, const at::Tensor& w_hh) {
+  if (w_ih.defined()) return {w_ih, w_hh};
+  return {w_hh};
+}
+
 template <typename S>
 class SequenceForward {
   using A = at::opmath_type<S>;
@@ -173,7 +180,7 @@ class SequenceForward {
   SequenceForward(const CellLayout& layout, const at::Tensor& xz, const at::Tensor& h0, const at::Tensor& c0,
                   const at::Tensor& w_hh, const at::Tensor& w_ch, const at::Tensor& w_hr, const at::Tensor& lengths,
                   bool for_backward, const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& bias,
-                  const at::Tensor& out = at::Tensor())
+                  const at::Tensor& out = at::Tensor(), const StepGemm* shared_recurrent_gemm = nullptr)
       : layout_(layout),
         xz_(xz),
         h0_(h0),
@@ -196,7 +203,8 @@ class SequenceForward {
         slot_(for_backward ? 1 : 0),
         h_row_stride_(input_fused_ ? I + P : P),
         o_in_gate_pass_(!layout.full_o_reads_current()),
-        lengths_(lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr) {
+        lengths_(lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr),
+        shared_recurrent_gemm_(shared_recurrent_gemm) {
     if (for_backward_)
       allocate_saved_steps();
     else
@@ -234,21 +242,25 @@ class SequenceForward {
     h_states_ = at::empty({2, B, I + P}, options_);
     if (input_fused_) h_states_[0].narrow(1, I, P).copy_(h0_);
     c_states_ = at::empty({2, B, H}, options_);
+    // Their views, made once: each view is a dispatcher call, and a step took five.
+    for (int64_t k = 0; k < 2; ++k) {
+      rolling_rows_[k] = h_states_[k];
+      rolling_h_[k] = input_fused_ ? rolling_rows_[k].narrow(1, I, P) : rolling_rows_[k];
+      rolling_c_[k] = c_states_[k];
+    }
     gates_ = at::empty({1, B, GH}, options_);
     c_pre_clip_ = layout_.keeps_pre_clip_cell() ? at::empty({1, B, H}, options_) : at::Tensor();
     cell_outs_ = projected_ ? at::empty({1, B, H}, options_) : at::Tensor();
   }
 
   void allocate_step_buffers(const at::Tensor& w_hh, const at::Tensor& w_ch, const at::Tensor& w_ih) {
-    // Fused projection: the weight is [W_ih | W_hh], built in the layout its GEMM reads (transposed for
-    // the tiled GEMM), so that it is copied once (at B=64, I=64, H=512 building it transposed for oneDNN,
-    // which then copied it back, cost 5 ms a call against 0.25 ms).
-    if (input_fused_) {
-      const auto kind = StepGemm::kind(w_hh.scalar_type(), B, GH, I + P, T);
-      const bool transposed = kind == StepGemm::Kind::tiled;
-      recurrent_gemm_.emplace(transposed ? at::cat({w_ih.t(), w_hh.t()}, 0).t() : at::cat({w_ih, w_hh}, 1), B, T);
+    // Fused projection: the weight is [W_ih | W_hh], built once in the layout its GEMM reads from the two
+    // pieces (no concatenation first). Row blocks of one call share one.
+    if (shared_recurrent_gemm_) {
+      recurrent_gemm_ = shared_recurrent_gemm_;
     } else {
-      recurrent_gemm_.emplace(w_hh, B, T);
+      own_recurrent_gemm_.emplace(recurrent_weight_pieces(input_fused_ ? w_ih : at::Tensor(), w_hh), B, T);
+      recurrent_gemm_ = &*own_recurrent_gemm_;
     }
     recurrent_out_ = at::empty({B, GH}, options_);
     // The gate pass adds x's projection row to the GEMM's; fused, that row is the bias (or zeros) for
@@ -275,11 +287,10 @@ class SequenceForward {
 
   // State s (0..T); state 0 of a run without backward is h0/c0 themselves (only read).
   at::Tensor h_state(int64_t s) const {
-    if (input_fused_) return h_states_[for_backward_ ? s : s % 2].narrow(1, I, P);
-    if (for_backward_) return h_states_[s];
-    return s == 0 ? h0_ : h_states_[s % 2];
+    if (!for_backward_) return s == 0 && !input_fused_ ? h0_ : rolling_h_[s % 2];
+    return input_fused_ ? h_states_[s].narrow(1, I, P) : h_states_[s];
   }
-  at::Tensor c_state(int64_t s) const { return for_backward_ ? c_states_[s] : (s == 0 ? c0_ : c_states_[s % 2]); }
+  at::Tensor c_state(int64_t s) const { return for_backward_ ? c_states_[s] : (s == 0 ? c0_ : rolling_c_[s % 2]); }
 
   void step(int64_t t) {
     const at::Tensor h_prev = h_state(t), c_prev = c_state(t);
@@ -306,7 +317,7 @@ class SequenceForward {
   // the bias).
   at::Tensor recurrent_gemm(int64_t t, const at::Tensor& h_prev) {
     if (!input_fused_) return recurrent_gemm_->mm(h_prev, recurrent_out_);
-    auto operand = h_states_[for_backward_ ? t : t % 2];  // [x_t | h_{t-1}]
+    auto operand = for_backward_ ? h_states_[t] : rolling_rows_[t % 2];  // [x_t | h_{t-1}]
     if (!for_backward_) {  // (kept for a backward, all steps' x were copied at the start)
       // Row by row: x is a block of rows of the caller's x, and a tensor copy_ of these few elements
       // costs more in dispatch than in copying.
@@ -369,8 +380,11 @@ class SequenceForward {
 
   // What the backward reads (all steps), or the rolling buffers of a run without one.
   at::Tensor h_states_, c_states_, gates_, c_pre_clip_, cell_outs_;
+  std::array<at::Tensor, 2> rolling_rows_, rolling_h_, rolling_c_;  // views of the rolling h_states_, c_states_
   at::Tensor out_;
-  std::optional<StepGemm> recurrent_gemm_, prev_peephole_gemm_, o_peephole_gemm_;
+  const StepGemm* const shared_recurrent_gemm_;
+  std::optional<StepGemm> own_recurrent_gemm_, prev_peephole_gemm_, o_peephole_gemm_;
+  const StepGemm* recurrent_gemm_ = nullptr;  // own_recurrent_gemm_ or the shared one
   at::Tensor recurrent_out_, prev_peephole_out_, o_peephole_out_;
   at::Tensor fused_input_row_, c_new_, c_pre_clip_scratch_, cell_out_scratch_, h_new_, ones_, zeros_;
   StandIns<S> stand_in_{};
@@ -402,8 +416,10 @@ std::vector<at::Tensor> lstm_forward(const CellLayout& layout, const at::Tensor&
       return;
     }
     std::vector<std::vector<at::Tensor>> parts(blocks);
+    const int64_t T = x.defined() ? x.size(0) : xz.size(0);
+    const StepGemm recurrent_gemm(recurrent_weight_pieces(x.defined() ? w_ih : at::Tensor(), w_hh), B / blocks, T);
     // Each block writes its rows of one output (a concatenation after would copy all of it).
-    const at::Tensor out = at::empty({x.defined() ? x.size(0) : xz.size(0), B, h0.size(1)}, h0.options());
+    const at::Tensor out = at::empty({T, B, h0.size(1)}, h0.options());
     at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
       // Grad mode is per thread and the pool's threads do not inherit the caller's no_grad: without this
       // the projection's mm(out=) refuses a weight that requires grad.
@@ -414,7 +430,8 @@ std::vector<at::Tensor> lstm_forward(const CellLayout& layout, const at::Tensor&
         // The kernel addresses xz's steps by B * GH: its block must be contiguous (x is read through views).
         const at::Tensor xz_block = xz.defined() && !x.defined() ? block(xz, 1).contiguous() : xz;
         parts[k] = SequenceForward<scalar_t>(layout, xz_block, block(h0, 0), block(c0, 0), w_hh, w_ch, w_hr,
-                                             block(lengths, 0), false, block(x, 1), w_ih, bias, block(out, 1))
+                                             block(lengths, 0), false, block(x, 1), w_ih, bias, block(out, 1),
+                                             &recurrent_gemm)
                        .run();
       }
     });

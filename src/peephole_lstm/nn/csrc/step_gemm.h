@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace fused_lstm {
 
@@ -14,12 +15,12 @@ namespace fused_lstm {
 // MKL's at::mm (everything else).
 class StepGemm {
  public:
-  // `rows` of `a` in each of `steps` calls.
-  StepGemm(const at::Tensor& weight, int64_t rows, int64_t steps);
+  // `rows` of `a` in each of `steps` calls; W given whole or as column pieces side by side
+  // ([W_ih | W_hh]), each copied once into the layout its GEMM reads.
+  StepGemm(const at::Tensor& weight, int64_t rows, int64_t steps) : StepGemm(std::vector<at::Tensor>{weight}, rows, steps) {}
+  StepGemm(const std::vector<at::Tensor>& pieces, int64_t rows, int64_t steps);
 
-  // Which of them runs `rows` x (N, K) weight in each of `steps` calls; the tiled GEMM reads W^T (K, N)
-  // contiguous, the others W (N, K) or their own copy of it: a caller that builds W can build it that
-  // way (a W given the other way round is copied once).
+  // Which of them runs `rows` x (N, K) weight in each of `steps` calls.
   enum class Kind { brgemm, tiled, onednn, mkl };
   static Kind kind(at::ScalarType dtype, int64_t rows, int64_t N, int64_t K, int64_t steps);
 
@@ -33,7 +34,7 @@ class StepGemm {
   bool onednn() const { return onednn_packed_.defined(); }
   at::Tensor tiled(const at::Tensor& a, const at::Tensor* other, at::Tensor& out) const;
 
-  at::Tensor weight_t_;         // W^T (K, N), a view, for MKL
+  at::Tensor weight_t_;         // W^T (K, N), for MKL
   at::Tensor brgemm_panels_;    // W^T in column panels, when brgemm runs the GEMM
   at::Tensor tiled_weight_t_;   // W^T contiguous, when the tiled GEMM runs it
   at::Tensor onednn_packed_;    // W in oneDNN's blocked layout, when its matmul runs it
