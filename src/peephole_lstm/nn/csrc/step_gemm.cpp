@@ -46,8 +46,9 @@ int64_t brgemm_max_depth = 2048;
 constexpr int64_t panel_cols = 64;
 
 // W (N, K), given as its column pieces side by side, -> its panels: N * K numbers laid out panel after
-// panel. A plain loop: the same transposing copy through at::Tensor::contiguous took 49 us for
-// 512 x 160 on this project's AMD CPU, most of a one-step call.
+// panel. A plain loop: the same transposing copy through at::Tensor::contiguous, after concatenating
+// [W_ih | W_hh], took 49 + 12 us for 512 x 160 on this project's AMD CPU; with this loop (and one copy a
+// call instead of one a row block) a one-step call at B=64, I=32, H=128 went from 235 to 116-120 us.
 at::Tensor cut_into_panels(const std::vector<at::Tensor>& pieces) {
   const int64_t N = pieces[0].size(0);
   int64_t K = 0;
@@ -190,8 +191,7 @@ int64_t exchange(int64_t& threshold, int64_t macs) {
 }  // namespace
 
 StepGemm::Kind StepGemm::kind(at::ScalarType dtype, int64_t rows, int64_t N, int64_t K, int64_t steps) {
-  // brgemm and the tiled GEMM read W^T contiguous, a copy per sequence (none when the caller built it
-  // so): worth it only over several rows.
+  // brgemm's panels and the tiled GEMM's W^T are a copy of W per sequence: worth it only over several rows.
   const int64_t macs = rows * N * K;
   const bool reused = rows * steps >= 8;
   if (dtype == at::kFloat && K <= brgemm_max_depth && reused) return Kind::brgemm;
