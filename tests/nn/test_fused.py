@@ -419,5 +419,5 @@ def test_cuda_matches_cpu_eager(kwargs):
     fast, slow = _pair(kwargs)
     x = torch.randn(6, 3, 4, dtype=torch.float64)
     got = _run(fast.cuda(), x.cuda(), torch.tensor([6, 2, 4]))
-    assert fast.last_path == "fused-torch"
+    assert fast.last_path == ("fused-triton" if fused.triton_available() else "fused-torch")  # as kernel_name picks
     _assert_close([g.cpu() for g in got], _run(slow, x, torch.tensor([6, 2, 4])), 1e-10)
