@@ -60,6 +60,9 @@ def test_offline_run_reader_reads_back_a_real_run_across_blocks(tmp_path):
     for step in range(400):  # enough records to span several 32 KiB blocks of the log
         run.log({"val/loss": 1.0 / (step + 1), "text": "x" * 50})
     run.finish(exit_code=1)
+    # finish() can return before W&B's service process has written the last records (a fresh-clone CI run
+    # read 373 of the 400 rows and no exit record); teardown waits for it, as a job's exit does.
+    wandb.teardown()
     (read,) = offline_runs(tmp_path)
     assert sum(f.stat().st_size for f in read.path.glob("run-*.wandb")) > 3 * 32768
     assert (read.run_id, read.group, read.job_type, read.tags) == (run.id, "g", "train", ["a", "b"])
