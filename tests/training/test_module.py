@@ -252,7 +252,8 @@ def test_training_and_validation_steps_never_wait_for_the_device(task):
         m.training_step((x, y), 0).backward()
         m.validation_step((x, y), 0)
     assert reads.seen == []
-    # and the epoch's loss is the mean over the frames (multilabel) or sequences
+    # and the step's loss reached the epoch's mean (the same batch in both stages; the weighting over a
+    # split is checked end to end by tests/data/test_jsb_chorales.py: 88 x val/loss = val/nll)
     assert m.loss_means["train_loss"].compute().item() == pytest.approx(m.loss_means["val_loss"].compute().item())
 
 
