@@ -166,9 +166,10 @@ void gate_pass_row(const CellLayout& layout, const StepRows<S>& step, const Stan
                     step.cell_out + b * H);
 }
 
-// The recurrent GEMM's weight: W_hh, or [W_ih | W_hh] with the input projection fused, as column pieces.
-std::vector<at::Tensor> recurrent_weight_pieces(const at::Tensor& w_ih, const at::Tensor& w_hh) {
-  if (w_ih.defined()) return {w_ih, w_hh};
+// The recurrent GEMM's weight as column pieces: [W_ih | W_hh] when the input projection is fused (x given
+// in place of xz), else W_hh.
+std::vector<at::Tensor> recurrent_weight_pieces(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh) {
+  if (x.defined()) return {w_ih, w_hh};
   return {w_hh};
 }
 
@@ -259,7 +260,7 @@ class SequenceForward {
     if (shared_recurrent_gemm_) {
       recurrent_gemm_ = shared_recurrent_gemm_;
     } else {
-      own_recurrent_gemm_.emplace(recurrent_weight_pieces(input_fused_ ? w_ih : at::Tensor(), w_hh), B, T);
+      own_recurrent_gemm_.emplace(recurrent_weight_pieces(x_, w_ih, w_hh), B, T);
       recurrent_gemm_ = &*own_recurrent_gemm_;
     }
     recurrent_out_ = at::empty({B, GH}, options_);
@@ -417,7 +418,7 @@ std::vector<at::Tensor> lstm_forward(const CellLayout& layout, const at::Tensor&
     }
     std::vector<std::vector<at::Tensor>> parts(blocks);
     const int64_t T = x.defined() ? x.size(0) : xz.size(0);
-    const StepGemm recurrent_gemm(recurrent_weight_pieces(x.defined() ? w_ih : at::Tensor(), w_hh), B / blocks, T);
+    const StepGemm recurrent_gemm(recurrent_weight_pieces(x, w_ih, w_hh), B / blocks, T);
     // Each block writes its rows of one output (a concatenation after would copy all of it).
     const at::Tensor out = at::empty({T, B, h0.size(1)}, h0.options());
     at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {

@@ -20,10 +20,6 @@ class StepGemm {
   StepGemm(const at::Tensor& weight, int64_t rows, int64_t steps) : StepGemm(std::vector<at::Tensor>{weight}, rows, steps) {}
   StepGemm(const std::vector<at::Tensor>& pieces, int64_t rows, int64_t steps);
 
-  // Which of them runs `rows` x (N, K) weight in each of `steps` calls.
-  enum class Kind { brgemm, tiled, onednn, mkl };
-  static Kind kind(at::ScalarType dtype, int64_t rows, int64_t N, int64_t K, int64_t steps);
-
   // Each returns its result: written into `out`, or a fresh tensor from oneDNN's matmul.
   // a @ W^T.
   at::Tensor mm(const at::Tensor& a, at::Tensor& out) const;
@@ -31,6 +27,10 @@ class StepGemm {
   at::Tensor addmm(const at::Tensor& other, const at::Tensor& a, at::Tensor& out) const;
 
  private:
+  // Which of them runs `rows` x (N, K) weight in each of `steps` calls.
+  enum class Kind { brgemm, tiled, onednn, mkl };
+  static Kind kind(at::ScalarType dtype, int64_t rows, int64_t N, int64_t K, int64_t steps);
+
   bool onednn() const { return onednn_packed_.defined(); }
   at::Tensor tiled(const at::Tensor& a, const at::Tensor* other, at::Tensor& out) const;
 
