@@ -188,7 +188,7 @@ def test_inference_in_row_blocks_matches_eager(kwargs, dtype, tol, all_threads):
     dict(peephole="full", proj_size=7),  # the phases apart, with GEMMs over all rows between them
 ], ids=_options_id)
 def test_training_with_rows_split_over_threads_matches_eager(kwargs, all_threads):
-    """The kernels' per-step passes split the batch rows over the threads from 16384 elements a step on
+    """The kernels' per-step passes split the batch rows over the threads from 4096 elements a thread on
     (pointwise.h, for_rows); with diagonal peepholes each thread sums its rows' peephole gradients
     (csrc/backward.cpp, cell_row). 130 rows of 4 x 64 gates are two blocks of 65 on two threads: values
     and every gradient must equal the eager loop's, with and without padding."""
