@@ -87,12 +87,13 @@ void brgemm_mm(const at::Tensor& a, const at::Tensor& panels, at::Tensor& out, b
   const float* a_ptr = a.data_ptr<float>();
   const float* panels_ptr = panels.data_ptr<float>();
   float* out_ptr = out.data_ptr<float>();
+  // Below 2^17 multiply-adds on the calling thread: a fork and join of the pool (~0.65 us here) cost more.
   const int64_t threads = (M * N * K >= (int64_t{1} << 17)) ? at::get_num_threads() : 1;
   const int64_t col_blocks = (N + panel_cols - 1) / panel_cols;
   const int64_t row_blocks =
-      std::max<int64_t>(1, std::min((2 * threads + col_blocks - 1) / col_blocks, M / 16));
-  const int64_t block_rows = (M + row_blocks - 1) / row_blocks;
-  at::parallel_for(0, col_blocks * row_blocks, 1, [&](int64_t begin, int64_t end) {
+      threads == 1 ? 1 : std::max<int64_t>(1, std::min((2 * threads + col_blocks - 1) / col_blocks, M / 16));
+  const int64_t block_rows = (M + row_blocks - 1) / row_blocks, blocks = col_blocks * row_blocks;
+  at::parallel_for(0, blocks, threads == 1 ? blocks : 1, [&](int64_t begin, int64_t end) {
     for (int64_t block = begin; block < end; ++block) {
       const int64_t n0 = (block % col_blocks) * panel_cols, m0 = (block / col_blocks) * block_rows;
       const int64_t n = std::min(panel_cols, N - n0), m = std::min(block_rows, M - m0);
