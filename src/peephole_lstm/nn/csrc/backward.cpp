@@ -183,7 +183,6 @@ class SequenceBackward {
     d_h_new_all_ = projected_ ? workspace({T, B, P}, options_) : at::Tensor();
     d_h_ = grad_hn.defined() ? grad_hn.contiguous().clone() : at::zeros({B, P}, options_);
     d_c_ = grad_cn.defined() ? grad_cn.contiguous().clone() : at::zeros({B, H}, options_);
-    d_h_carry_ = at::empty({B, P}, options_);
     d_c_carry_ = at::empty({B, H}, options_);
     d_c_new_ = at::empty({B, H}, options_);
     d_cell_out_ = at::empty({B, H}, options_);
@@ -265,7 +264,7 @@ class SequenceBackward {
 
   StepRows step_rows(int64_t t, const at::Tensor& d_h_new) {
     return {d_h_.data_ptr<S>(), d_c_.data_ptr<S>(), grad_out_ ? grad_out_ + t * B * P : nullptr,
-            d_h_new.data_ptr<S>(), d_h_carry_.data_ptr<S>(), d_c_new_.data_ptr<S>(), d_c_carry_.data_ptr<S>(),
+            d_h_new.data_ptr<S>(), d_h_prev_.data_ptr<S>(), d_c_new_.data_ptr<S>(), d_c_carry_.data_ptr<S>(),
             gates_.data_ptr<S>() + t * B * GH, c_states_.data_ptr<S>() + t * B * H, c_pre_clip(t),
             d_cell_out_.data_ptr<S>(), d_c_step_.data_ptr<S>(), d_preacts_.data_ptr<S>() + t * B * GH,
             d_c_prev_.data_ptr<S>()};
@@ -334,7 +333,7 @@ class SequenceBackward {
     auto dz_t = d_preacts_[t];
     if (prev_peephole_gemm_)
       d_c_prev_ = prev_peephole_gemm_->addmm(d_c_prev_, prev_peephole_columns(prev_gates_, dz_t, H), d_c_prev_);
-    d_h_prev_ = recurrent_gemm_->addmm(d_h_carry_, dz_t, d_h_prev_);
+    d_h_prev_ = recurrent_gemm_->addmm(d_h_prev_, dz_t, d_h_prev_);  // (split_row wrote the carry there)
     std::swap(d_h_, d_h_prev_);
     std::swap(d_c_, d_c_prev_);
   }
@@ -408,7 +407,8 @@ class SequenceBackward {
   at::Tensor d_preacts_;    // (T, B, GH) dL/d(pre-activations): the input projection's gradient, kept for the weights'
   at::Tensor d_h_new_all_;  // (T, B, P) dL/d(each step's projected h before zoneout), for dW_hr
   at::Tensor d_h_, d_c_;    // the gradient carried into the current step from the later ones
-  at::Tensor d_h_carry_, d_c_carry_;  // its part that zoneout or padding passes straight to step t-1
+  at::Tensor d_c_carry_;    // its part that zoneout or padding passes straight to step t-1 (h's part is
+                            // written into d_h_prev_, which the GEMM then adds dZ_t W_hh to in place)
   at::Tensor d_c_new_;      // its part on the step's new cell
   at::Tensor d_cell_out_;   // dL/d(o * act_out(c_t))
   at::Tensor d_c_step_;     // dL/dc_t through everything that reads it in the step
