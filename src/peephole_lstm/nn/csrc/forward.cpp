@@ -292,14 +292,23 @@ class SequenceForward {
     return input_fused_ ? h_states_[s].narrow(1, I, P) : h_states_[s];
   }
   at::Tensor c_state(int64_t s) const { return for_backward_ ? c_states_[s] : (s == 0 ? c0_ : rolling_c_[s % 2]); }
+  // The same states' first rows, for the passes: a tensor view is a dispatcher call, and the seven a step
+  // took with a backward to come cost about 5% of a small training step (B=32, H=16).
+  S* h_data(int64_t s) const {
+    if (!for_backward_ && s == 0 && !input_fused_) return h0_.data_ptr<S>();
+    return h_states_.data_ptr<S>() + (for_backward_ ? s : s % 2) * B * (I + P) + I;  // I = 0 when not fused
+  }
+  S* c_data(int64_t s) const {
+    if (!for_backward_ && s == 0) return c0_.data_ptr<S>();
+    return c_states_.data_ptr<S>() + (for_backward_ ? s : s % 2) * B * H;
+  }
 
   void step(int64_t t) {
-    const at::Tensor h_prev = h_state(t), c_prev = c_state(t);
-    const at::Tensor recurrent = recurrent_gemm(t, h_prev);
+    const at::Tensor recurrent = recurrent_gemm(t);
     const at::Tensor prev_peepholes =
-        prev_peephole_gemm_ ? prev_peephole_gemm_->mm(c_prev, prev_peephole_out_) : at::Tensor();
-    const StepRows<S> rows = step_rows(t, recurrent, prev_peepholes, c_prev);
-    const CarryRows<S> carried = carry_rows(t, h_prev, c_prev);
+        prev_peephole_gemm_ ? prev_peephole_gemm_->mm(c_state(t), prev_peephole_out_) : at::Tensor();
+    const StepRows<S> rows = step_rows(t, recurrent, prev_peepholes);
+    const CarryRows<S> carried = carry_rows(t);
     // Without o's full peephole on c_t and without a projection a row's new state is complete after its
     // gate pass, so the carry runs on the row while it is in L1, in the same pass over the threads (a
     // second pass cost about 10 us a step at B=64, H=128).
@@ -316,8 +325,8 @@ class SequenceForward {
 
   // h_{t-1} W_hh^T, or with the input projection fused [x_t | h_{t-1}] [W_ih | W_hh]^T (the gate pass adds
   // the bias).
-  at::Tensor recurrent_gemm(int64_t t, const at::Tensor& h_prev) {
-    if (!input_fused_) return recurrent_gemm_->mm(h_prev, recurrent_out_);
+  at::Tensor recurrent_gemm(int64_t t) {
+    if (!input_fused_) return recurrent_gemm_->mm(h_state(t), recurrent_out_);
     auto operand = for_backward_ ? h_states_[t] : rolling_rows_[t % 2];  // [x_t | h_{t-1}]
     if (!for_backward_) {  // (kept for a backward, all steps' x were copied at the start)
       // Row by row: x is a block of rows of the caller's x, and a tensor copy_ of these few elements
@@ -329,14 +338,13 @@ class SequenceForward {
     return recurrent_gemm_->mm(operand, recurrent_out_);
   }
 
-  StepRows<S> step_rows(int64_t t, const at::Tensor& recurrent, const at::Tensor& prev_peepholes,
-                        const at::Tensor& c_prev) const {
+  StepRows<S> step_rows(int64_t t, const at::Tensor& recurrent, const at::Tensor& prev_peepholes) const {
     const int64_t row = t * slot_;  // step t's row of the saved gates/cells; 0 without a backward
     return {input_fused_ ? fused_input_row_.data_ptr<S>() : xz_.data_ptr<S>() + t * B * GH,
             input_fused_ ? 0 : GH,
             recurrent.data_ptr<S>(),
             prev_peepholes.defined() ? prev_peepholes.data_ptr<S>() : nullptr,
-            c_prev.data_ptr<S>(),
+            c_data(t),
             gates_.data_ptr<S>() + row * B * GH,
             layout_.keeps_pre_clip_cell() ? c_pre_clip_.data_ptr<S>() + row * B * H : c_pre_clip_scratch_.data_ptr<S>(),
             c_new_.data_ptr<S>(),
@@ -356,10 +364,9 @@ class SequenceForward {
     });
   }
 
-  CarryRows<S> carry_rows(int64_t t, const at::Tensor& h_prev, const at::Tensor& c_prev) const {
-    const at::Tensor h_next = h_state(t + 1), c_next = c_state(t + 1);
-    return {h_new_.data_ptr<S>(), h_prev.data_ptr<S>(), c_new_.data_ptr<S>(), c_prev.data_ptr<S>(),
-            h_next.data_ptr<S>(), c_next.data_ptr<S>(), out_.data_ptr<S>() + t * out_.stride(0)};
+  CarryRows<S> carry_rows(int64_t t) const {
+    return {h_new_.data_ptr<S>(), h_data(t), c_new_.data_ptr<S>(), c_data(t), h_data(t + 1), c_data(t + 1),
+            out_.data_ptr<S>() + t * out_.stride(0)};
   }
 
   void carry_row(const CarryRows<S>& rows, int64_t t, int64_t b) const {
