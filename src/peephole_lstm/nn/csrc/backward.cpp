@@ -172,7 +172,12 @@ class SequenceBackward {
   }
 
   std::vector<at::Tensor> run() {
-    for (int64_t t = T - 1; t >= 0; --t) step(t);
+    {
+      // The steps' tensor ops all work on the kernel's own buffers (a step's slice of dZ, the GEMMs into
+      // the carried gradients): below autograd's view tracking, which cost ~1 us a view.
+      const at::AutoDispatchBelowADInplaceOrView below_autograd;
+      for (int64_t t = T - 1; t >= 0; --t) step(t);
+    }
     auto [dw_ih, dw_hh, dw_ch, dw_hr] = weight_gradients();
     return {d_preacts_, d_h_, d_c_, dw_hh, dw_ch, dw_hr, dw_ih, bias_gradient()};
   }
