@@ -217,24 +217,26 @@ class PeepholeLSTM(nn.Module):
             dataclasses.replace(first, input_size=first.output_size * self.num_directions)
             for _ in range(num_layers - 1)
         ]
+        # Each (layer, direction)'s attribute name of every parameter name, at index layer * directions +
+        # direction: formatted once (formatting the 13 names on every call took ~8 us, a tenth of a one-step
+        # streaming call).
+        self._parameter_attributes = [
+            {name: self._name(name, layer, direction) for name in PARAMETER_NAMES}
+            for layer in range(num_layers) for direction in range(self.num_directions)
+        ]
         # Registered in nn.LSTM's order (layer, direction, then ih, hh, biases, hr) so state_dicts line up.
         # nn.LSTM's _all_weights / _flat_weights_names list them by name, per (layer, direction) and flat.
         self._all_weights = []  # List[List[str]] (no annotation: TorchScript warns on annotated empty lists)
         for layer, opts in enumerate(self.options):
             for direction in range(self.num_directions):
+                attributes = self._parameter_attributes[layer * self.num_directions + direction]
                 names = []
                 for name, p in make_parameters(opts, device, dtype).items():
-                    self.register_parameter(self._name(name, layer, direction), p)
+                    self.register_parameter(attributes[name], p)
                     if p is not None:
-                        names.append(self._name(name, layer, direction))
+                        names.append(attributes[name])
                 self._all_weights.append(names)
         self._flat_weights_names = [n for names in self._all_weights for n in names]
-        # Each (layer, direction)'s attribute name of every parameter name, at index layer * directions +
-        # direction: formatting the 13 names on every call took ~8 us, a tenth of a one-step streaming call.
-        self._parameter_attributes = [
-            {name: self._name(name, layer, direction) for name in PARAMETER_NAMES}
-            for layer in range(num_layers) for direction in range(self.num_directions)
-        ]
         self.reset_parameters()
 
     @staticmethod
@@ -249,7 +251,8 @@ class PeepholeLSTM(nn.Module):
         # Layer by layer and direction by direction, each in registration order: nn.LSTM's draw order.
         for layer, opts in enumerate(self.options):
             for direction in range(self.num_directions):
-                params = {n: self._parameters.get(self._name(n, layer, direction)) for n in PARAMETER_NAMES}
+                attributes = self._parameter_attributes[layer * self.num_directions + direction]
+                params = {n: self._parameters.get(attributes[n]) for n in PARAMETER_NAMES}
                 reset_parameters(params, opts)
 
     @property
@@ -483,9 +486,10 @@ class PeepholeLSTM(nn.Module):
         index: List[List[int]] = []
         for layer in range(self.num_layers):
             for direction in range(self.num_directions):
+                attributes = self._parameter_attributes[layer * self.num_directions + direction]
                 row = []
                 for name in PARAMETER_NAMES:
-                    w = getattr(self, self._name(name, layer, direction), None)
+                    w = getattr(self, attributes[name], None)
                     row.append(len(flat) if w is not None else -1)
                     if w is not None:
                         flat.append(w)

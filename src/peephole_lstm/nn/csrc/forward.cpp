@@ -432,8 +432,9 @@ std::vector<at::Tensor> lstm_forward(const CellLayout& layout, const at::Tensor&
     // Each block writes its rows of one output (a concatenation after would copy all of it).
     const at::Tensor out = at::empty({T, B, h0.size(1)}, h0.options());
     at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-      // Grad mode is per thread and the pool's threads do not inherit the caller's no_grad: without this
-      // the projection's mm(out=) refuses a weight that requires grad.
+      // Grad mode is per thread and the pool's threads do not inherit the caller's no_grad: without this a
+      // block's set-up (its GEMMs' weights cut from the parameters) would record autograd graphs. (Its
+      // steps run below autograd anyway: SequenceForward::run.)
       const at::AutoGradMode no_grad(false);
       for (int64_t k = begin; k < end; ++k) {
         const int64_t b0 = k * B / blocks, rows = (k + 1) * B / blocks - b0;
